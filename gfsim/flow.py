@@ -1,0 +1,301 @@
+"""The gradient-flow ODE d(theta)/dt = -grad L(theta), integrated with Diffrax."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._registry import Registry
+from .data import Dataset
+from .losses import LOSSES, check_reduction, loss_value
+from .nets import MLP
+from .trajectory import Status, Trajectory
+
+SOLVERS: Registry[Callable[[], diffrax.AbstractSolver]] = Registry("solver")
+SOLVERS.register("tsit5", diffrax.Tsit5)
+SOLVERS.register("dopri5", diffrax.Dopri5)
+SOLVERS.register("dopri8", diffrax.Dopri8)
+SOLVERS.register("kvaerno5", lambda: diffrax.Kvaerno5())
+SOLVERS.register("bosh3", diffrax.Bosh3)
+SOLVERS.register("heun", diffrax.Heun)
+
+
+def register_solver(name: str, factory: Callable[[], diffrax.AbstractSolver]):
+    """Make ``simulate(..., solver=name)`` use ``factory()`` (any adaptive Diffrax solver)."""
+    return SOLVERS.register(name, factory)
+
+
+def log_times(t1, num: int = 64, decades: float = 6.0):
+    """Save times ``0`` followed by ``num - 1`` log-spaced times from ``t1 * 10**-decades`` to
+    ``t1``. Works on traced ``t1``."""
+    if num < 2:
+        raise ValueError(f"num_saves={num!r} must be at least 2.")
+    t1 = jnp.asarray(t1)
+    rest = t1 * jnp.logspace(-decades, 0.0, num - 1, dtype=t1.dtype)
+    return jnp.concatenate([jnp.zeros((1,), t1.dtype), rest])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Everything that changes the compiled program (so it is part of the jit cache key)."""
+
+    loss: str
+    reduction: str
+    solver: diffrax.AbstractSolver
+    max_steps: int
+    num_saves: int
+    decades: float
+    has_stop: bool
+    net_batched: bool
+    data_batched: bool
+
+
+_TRACES = [0]
+
+
+def trace_count() -> int:
+    """How many times the batched solve has been traced (compiled) in this process."""
+    return _TRACES[0]
+
+
+def objective(net: MLP, data: Dataset, loss: str = "square", reduction: str = "mean"):
+    """The training loss L(theta) of one net on one dataset."""
+    return loss_value(loss, reduction, net(data.X), data.Y, data.mask)
+
+
+def _split(net: MLP):
+    return eqx.partition(net, eqx.is_array)
+
+
+def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
+    params0, skeleton = _split(net)
+
+    def loss_of(params, data):
+        return objective(eqx.combine(params, skeleton), data, cfg.loss, cfg.reduction)
+
+    grad_fn = jax.grad(loss_of)
+
+    def field(t, params, data):
+        return jax.tree_util.tree_map(jnp.negative, grad_fn(params, data))
+
+    event = None
+    if cfg.has_stop:
+        event = diffrax.Event(lambda t, y, args, **kw: loss_of(y, args) < stop_loss)
+
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        cfg.solver,
+        t0=jnp.zeros_like(t1),
+        t1=t1,
+        dt0=None,
+        y0=params0,
+        args=data,
+        # Two save streams: the requested times, and the state where the solve ended (t1, the
+        # stop_loss event, or the last step before the budget ran out).
+        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        event=event,
+        max_steps=cfg.max_steps,
+        throw=False,
+    )
+    ys_ts, ys_end = sol.ys
+    t_final = sol.ts[1][0]
+    reached = sol.ts[0] <= t_final  # unreached slots come back as inf: make them NaN
+    saved = jax.tree_util.tree_map(
+        lambda a: jnp.where(reached.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.nan), ys_ts
+    )
+    final = jax.tree_util.tree_map(lambda a: a[0], ys_end)
+    losses = jax.vmap(loss_of, in_axes=(0, None))(saved, data)
+
+    final_loss = loss_of(final, data)
+    final_grad = grad_fn(final, data)
+    finite = jnp.isfinite(final_loss) & jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(final_grad)])
+    )
+    res = sol.result
+    status = jnp.where(
+        res == diffrax.RESULTS.successful,
+        Status.REACHED_T1,
+        jnp.where(
+            res == diffrax.RESULTS.event_occurred,
+            Status.STOP_LOSS,
+            jnp.where(res == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.FAILED),
+        ),
+    )
+    status = jnp.where(finite, status, Status.NONFINITE).astype(jnp.int32)
+    stats = sol.stats
+    saved_net = eqx.combine(saved, skeleton)
+    final_net = eqx.combine(final, skeleton)
+    return dict(
+        loss=losses,
+        weights=saved_net.weights,
+        biases=saved_net.biases,
+        final_weights=final_net.weights,
+        final_loss=final_loss,
+        t_final=t_final,
+        status=status,
+        num_steps=stats["num_steps"],
+        num_accepted=stats["num_accepted_steps"],
+        num_rejected=stats["num_rejected_steps"],
+    )
+
+
+@eqx.filter_jit
+def _run(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
+    _TRACES[0] += 1
+    if ts is None:
+        ts = log_times(t1, cfg.num_saves, cfg.decades)
+    fn = lambda n, d: _solve_one(n, d, t1, ts, rtol, atol, stop_loss, cfg)  # noqa: E731
+    if cfg.net_batched or cfg.data_batched:
+        fn = jax.vmap(fn, in_axes=(0 if cfg.net_batched else None, 0 if cfg.data_batched else None))
+    return ts, fn(net, data)
+
+
+def _concrete_float(x, field: str, *, positive: bool):
+    """Check a scalar option in plain Python when its value is known (not traced)."""
+    if isinstance(x, jax.core.Tracer):
+        return
+    arr = np.asarray(x)
+    if arr.shape != () or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{field}={x!r} must be a real scalar.")
+    v = float(arr)
+    if not math.isfinite(v) or (positive and v <= 0):
+        raise ValueError(f"{field}={x!r} must be a finite number > 0.")
+
+
+def check_problem(net, data) -> None:
+    """Raise one clear ValueError if ``net`` and ``data`` do not fit together."""
+    if not isinstance(net, MLP):
+        raise ValueError(f"net must be a gfsim.MLP; got {type(net).__name__}.")
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data must be a gfsim.Dataset; got {type(data).__name__}.")
+    if net.widths[0] != data.d_in:
+        raise ValueError(
+            f"widths={net.widths} take inputs of dimension {net.widths[0]}, but the data has "
+            f"d_in={data.d_in}."
+        )
+    if net.widths[-1] != data.d_out:
+        raise ValueError(
+            f"widths={net.widths} give {net.widths[-1]} outputs, but the targets have "
+            f"d_out={data.d_out}."
+        )
+    if net.is_batched and data.is_batched and net.runs != data.runs:
+        raise ValueError(
+            f"a batch of {net.runs} nets and a batch of {data.runs} datasets: run axes must "
+            "match (use gfsim.grid for every net with every dataset)."
+        )
+
+
+def resolve_solver(solver) -> diffrax.AbstractSolver:
+    if isinstance(solver, diffrax.AbstractSolver):
+        return solver
+    return SOLVERS.get(solver, "solver")()
+
+
+def simulate(
+    net: MLP,
+    data: Dataset,
+    t1,
+    *,
+    ts=None,
+    num_saves: int = 64,
+    decades: float = 6.0,
+    loss: str = "square",
+    reduction: str = "mean",
+    solver="tsit5",
+    rtol=1e-8,
+    atol=None,
+    stop_loss=None,
+    max_steps: int = 100_000,
+) -> Trajectory:
+    """Integrate the gradient flow d(theta)/dt = -grad L(theta) from ``net``'s weights.
+
+    A pure JAX function of its array arguments: it may be called under ``jax.jit``,
+    ``jax.vmap`` and ``jax.grad`` (reverse mode through Diffrax's checkpointed adjoint). A batch
+    of nets and/or datasets (leading run axis) is solved in one vmapped program; tolerances,
+    ``t1``, ``stop_loss`` and the data and weight values are traced, so changing them does not
+    recompile.
+
+    **Arguments:**
+
+    - ``net``: a :class:`gfsim.MLP` (or a batch of them) giving the initial weights.
+    - ``data``: a :class:`gfsim.Dataset` (or a batch, paired run by run with a batch of nets).
+    - ``t1``: the end time (> 0).
+    - ``ts``: save times in [0, t1], non-decreasing. Default: 0 then ``num_saves - 1``
+      log-spaced times over ``decades`` decades up to t1 (:func:`gfsim.log_times`).
+    - ``loss``: ``"square"`` (default), ``"exponential"`` or ``"logistic"``.
+    - ``reduction``: ``"mean"`` (default; torch MSELoss) or ``"sum"`` (1/2 sum for the square
+      loss). It rescales time; see :mod:`gfsim.losses`.
+    - ``solver``: ``"tsit5"`` (default), ``"dopri5"``, ``"dopri8"``, ``"kvaerno5"``, ``"bosh3"``,
+      ``"heun"``, or a Diffrax solver instance.
+    - ``rtol``, ``atol``: PID step-size control tolerances; ``atol`` defaults to ``rtol * 1e-3``.
+    - ``stop_loss``: stop a run as soon as its loss falls below this value (per run).
+    - ``max_steps``: step budget per run; a run that exhausts it ends with status ``max_steps``.
+
+    **Returns:** a :class:`gfsim.Trajectory`.
+    """
+    check_problem(net, data)
+    LOSSES.check(loss, "loss")
+    check_reduction(reduction)
+    solver = resolve_solver(solver)
+    _concrete_float(t1, "t1", positive=True)
+    _concrete_float(rtol, "rtol", positive=True)
+    if atol is not None:
+        _concrete_float(atol, "atol", positive=True)
+    if stop_loss is not None:
+        _concrete_float(stop_loss, "stop_loss", positive=False)
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps={max_steps!r} must be a positive integer.")
+    if not isinstance(num_saves, int) or num_saves < 2:
+        raise ValueError(f"num_saves={num_saves!r} must be an integer >= 2.")
+    dtype = net.weights[0].dtype
+    t1 = jnp.asarray(t1, dtype)
+    if ts is not None:
+        ts = jnp.asarray(ts, dtype)
+        if ts.ndim != 1 or ts.shape[0] < 1:
+            raise ValueError(f"ts must be a 1-D array of save times; got shape {ts.shape}.")
+        if not isinstance(ts, jax.core.Tracer) and not isinstance(t1, jax.core.Tracer):
+            t = np.asarray(ts)
+            if np.any(np.diff(t) < 0) or t[0] < 0 or t[-1] > float(t1):
+                raise ValueError("ts must be non-decreasing times within [0, t1].")
+    rtol = jnp.asarray(rtol, dtype)
+    atol = rtol * 1e-3 if atol is None else jnp.asarray(atol, dtype)
+    stop = jnp.asarray(-jnp.inf if stop_loss is None else stop_loss, dtype)
+    cfg = _Static(
+        loss=loss,
+        reduction=reduction,
+        solver=solver,
+        max_steps=max_steps,
+        num_saves=num_saves,
+        decades=float(decades),
+        has_stop=stop_loss is not None,
+        net_batched=net.is_batched,
+        data_batched=data.is_batched,
+    )
+    ts, out = _run(net, data, t1, ts, rtol, atol, stop, cfg)
+    return Trajectory(
+        ts=ts,
+        **out,
+        loss_name=loss,
+        reduction=reduction,
+        activation=net.activation,
+        method=f"gf:{type(solver).__name__.lower()}",
+    )
+
+
+def grid(nets: MLP, datasets: Dataset) -> tuple[MLP, Dataset]:
+    """Every net of a batch with every dataset of a batch: returns a batch of
+    ``nets.runs * datasets.runs`` pairs, dataset-major (run = dataset * n_nets + net)."""
+    if not (nets.is_batched and datasets.is_batched):
+        raise ValueError("grid needs a batch of nets and a batch of datasets.")
+    a, b = nets.runs, datasets.runs
+    n = jax.tree_util.tree_map(lambda x: jnp.tile(x, (b,) + (1,) * (x.ndim - 1)), nets)
+    d = jax.tree_util.tree_map(lambda x: jnp.repeat(x, a, axis=0), datasets)
+    return n, d

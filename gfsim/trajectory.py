@@ -1,0 +1,94 @@
+"""The result of a gradient-flow (or gradient-descent) run."""
+
+from __future__ import annotations
+
+import enum
+
+import equinox as eqx
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+
+class Status(enum.IntEnum):
+    """Why a run ended. Stored per run as an int in :attr:`Trajectory.status`."""
+
+    REACHED_T1 = 0  # integrated all the way to t1
+    STOP_LOSS = 1  # the loss fell below stop_loss; later save slots hold NaN
+    MAX_STEPS = 2  # the step budget ran out before t1; later save slots hold NaN
+    NONFINITE = 3  # the loss or its gradient became NaN/inf
+    FAILED = 4  # any other solver failure (e.g. an implicit solver's root find)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Trajectory(eqx.Module):
+    """Loss and weights at the save times, and how the run ended.
+
+    For a batch of runs every field except ``ts`` has a leading run axis.
+
+    **Fields:**
+
+    - ``ts``: the save times ``(T,)``. For gradient descent, time = lr x steps.
+    - ``loss``: the loss at each save time ``(T,)``; NaN after an early stop.
+    - ``weights``: one array ``(T, out, in)`` per layer; NaN after an early stop.
+    - ``biases``: likewise ``(T, out)`` per layer, or None for a bias-free net.
+    - ``final_weights``: the weights where the run ended (at ``t_final``), ``(out, in)`` per layer.
+    - ``final_loss``: the loss at ``final_weights``.
+    - ``t_final``: the time the run ended (t1, or earlier: see ``status``).
+    - ``status``: a :class:`Status` code per run.
+    - ``num_steps``, ``num_accepted``, ``num_rejected``: solver step counts (for GD, steps taken).
+    - ``loss_name``, ``reduction``, ``activation``, ``method``: how it was run (recorded so a
+      result is never separated from its time convention).
+    """
+
+    ts: Float[Array, " T"]
+    loss: Float[Array, "*runs T"]
+    weights: tuple[Array, ...]
+    biases: tuple[Array, ...] | None
+    final_weights: tuple[Array, ...]
+    final_loss: Float[Array, "*runs"]
+    t_final: Float[Array, "*runs"]
+    status: Int[Array, "*runs"]
+    num_steps: Int[Array, "*runs"]
+    num_accepted: Int[Array, "*runs"]
+    num_rejected: Int[Array, "*runs"]
+    loss_name: str = eqx.field(static=True)
+    reduction: str = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+    method: str = eqx.field(static=True)
+
+    @property
+    def is_batched(self) -> bool:
+        return self.status.ndim == 1
+
+    @property
+    def runs(self) -> int | None:
+        return self.status.shape[0] if self.is_batched else None
+
+    def status_labels(self) -> np.ndarray:
+        """Status names (``"reached_t1"``, ``"stop_loss"``, ...) as a NumPy string array."""
+        codes = np.asarray(self.status)
+        return np.vectorize(lambda c: Status(int(c)).label, otypes=[object])(codes)
+
+    def status_counts(self) -> dict[str, int]:
+        codes = np.atleast_1d(np.asarray(self.status))
+        return {s.label: int(np.sum(codes == s)) for s in Status if np.any(codes == s)}
+
+    def lockstep_waste(self) -> float:
+        """For a batch solved in lockstep under vmap: the share of lane-steps spent idle,
+        1 - sum(steps) / (max(steps) * runs). 0 for a single run."""
+        steps = np.atleast_1d(np.asarray(self.num_steps))
+        top = steps.max()
+        return 0.0 if top == 0 else float(1.0 - steps.sum() / (top * steps.size))
+
+    def __getitem__(self, index) -> Trajectory:
+        """Select runs of a batch (``traj[3]``, ``traj[mask]``)."""
+        if not self.is_batched:
+            raise TypeError("Only a batched Trajectory can be indexed by run.")
+        import jax
+
+        ts = self.ts
+        out = jax.tree_util.tree_map(lambda a: a[index], eqx.tree_at(lambda t: t.ts, self, None))
+        return eqx.tree_at(lambda t: t.ts, out, ts, is_leaf=lambda x: x is None)
