@@ -47,7 +47,8 @@ def sigma_ratio(w: Float[Array, "... out in"]) -> Float[Array, "..."]:
 
 
 def _default_cutoff(w) -> float:
-    return float(max(w.shape[-2:]) * jnp.finfo(w.dtype).eps)
+    dtype = w.dtype if jnp.issubdtype(w.dtype, jnp.inexact) else jnp.result_type(float)
+    return float(max(w.shape[-2:]) * jnp.finfo(dtype).eps)
 
 
 def effective_rank(w: Float[Array, "... out in"], *, cutoff: float | None = None):

@@ -49,9 +49,10 @@ def check_reduction(reduction: str) -> str:
 def loss_value(name: str, reduction: str, pred, Y, mask=None):
     """The scalar loss of predictions ``pred`` (n, d_out) against targets ``Y``."""
     elementwise, sum_factor = LOSSES.get(name, "loss")
+    check_reduction(reduction)
     per = elementwise(pred, Y)
     if mask is not None:
-        per = per * mask
+        per = jnp.where(mask > 0, per, 0.0)  # not per * mask: inf * 0 would be NaN
     if reduction == "sum":
         return sum_factor * jnp.sum(per)
     count = per.size if mask is None else jnp.sum(mask)

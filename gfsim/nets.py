@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._config import default_dtype
@@ -218,9 +219,9 @@ class MLP(eqx.Module):
         init_fn = INITS.get(init, "init")
         if key is None:
             raise ValueError("key must be a JAX PRNG key (e.g. jax.random.key(0)) to initialise.")
-        if scale is not None and not (isinstance(scale, (int, float)) and scale >= 0):
+        if scale is not None and not (isinstance(scale, (int, float, np.number)) and scale >= 0):
             raise ValueError(f"scale={scale!r} must be a non-negative number.")
-        if runs is not None and (not isinstance(runs, int) or runs < 1):
+        if runs is not None and (not isinstance(runs, (int, np.integer)) or runs < 1):
             raise ValueError(f"runs={runs!r} must be a positive integer or None.")
         dtype = default_dtype() if dtype is None else dtype
 
@@ -230,9 +231,9 @@ class MLP(eqx.Module):
         if runs is None:
             self.weights = make(key)
         else:
-            self.weights = jax.vmap(make)(jax.random.split(key, runs))
+            self.weights = jax.vmap(make)(jax.random.split(key, int(runs)))
         if bias:
-            lead = () if runs is None else (runs,)
+            lead = () if runs is None else (int(runs),)
             self.biases = tuple(jnp.zeros(lead + (w,), dtype) for w in widths[1:])
         else:
             self.biases = None

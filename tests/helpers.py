@@ -1,0 +1,46 @@
+"""Shared helpers for the tests: independent reference solutions."""
+
+from __future__ import annotations
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+
+import gfsim
+
+
+def saxe_modes(s, a0, t):
+    """Closed-form mode strengths of a balanced depth-2 linear net on whitened inputs with the
+    sum-convention square loss (Saxe, McClelland & Ganguli 2014): da/dt = 2 a (s - a), so
+    a(t) = s / (1 + (s / a0 - 1) exp(-2 s t)). Broadcasts over s, a0 and t."""
+    s, a0, t = np.asarray(s), np.asarray(a0), np.asarray(t)
+    return s / (1.0 + (s / a0 - 1.0) * np.exp(-2.0 * s * t))
+
+
+def scipy_flow(net: gfsim.MLP, data: gfsim.Dataset, t_eval, *, loss="square", reduction="sum",
+               rtol=1e-12, atol=1e-14, method="DOP853"):
+    """Reference: the same gradient flow solved by scipy's solve_ivp on the flat parameter
+    vector, with the gradient from a jitted JAX function. Returns (T, P) parameters."""
+    from scipy.integrate import solve_ivp
+
+    flat0, unravel = jax.flatten_util.ravel_pytree(list(net.weights))
+
+    @jax.jit
+    def rhs(theta):
+        def L(th):
+            n = gfsim.MLP.from_weights(unravel(th), net.activation)
+            return gfsim.objective(n, data, loss, reduction)
+
+        return -jax.grad(L)(theta)
+
+    sol = solve_ivp(lambda t, y: np.asarray(rhs(jnp.asarray(y))), (0.0, float(t_eval[-1])),
+                    np.asarray(flat0), method=method, t_eval=np.asarray(t_eval), rtol=rtol,
+                    atol=atol)
+    assert sol.success, sol.message
+    return sol.y.T, unravel
+
+
+def flat(weights, axis_start=0):
+    """Concatenate per-layer arrays (..., out, in) into (..., P)."""
+    return jnp.concatenate([w.reshape(*w.shape[: w.ndim - 2], -1) for w in weights], -1)
