@@ -1,0 +1,46 @@
+"""The paper's experiments, built from gfsim's public API only.
+
+Each experiment is a function ``run(profile, out_dir, progress) -> Result`` registered by name.
+``profile`` is ``"quick"`` (a laptop CPU in minutes) or ``"full"`` (the authors' scale).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from .._registry import Registry
+
+PROFILES = ("quick", "full")
+
+
+@dataclasses.dataclass
+class Claim:
+    """One row of the report: a claim of the paper beside what was measured."""
+
+    claim: str
+    setting: str
+    measured: str
+    verdict: str  # "agrees", "disagrees" or "inconclusive"
+
+
+@dataclasses.dataclass
+class Result:
+    name: str
+    title: str
+    claims: list[Claim]
+    figures: list[str]  # file names, relative to the output directory
+    data_file: str  # the .npz with the data behind the figures
+    settings: dict
+    seconds: float = 0.0
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+EXPERIMENTS: Registry[Callable] = Registry("experiment")
+
+
+def register_experiment(name: str):
+    return EXPERIMENTS.register(name)
+
+
+from . import negative_depth2 as negative_depth2  # noqa: E402,F401
