@@ -13,7 +13,7 @@ from .flow import grid as grid  # noqa: E402
 from .flow import log_times as log_times  # noqa: E402
 from .flow import objective as objective  # noqa: E402
 from .flow import simulate as simulate  # noqa: E402
-from .gd import gd as gd  # noqa: E402
+from .descent import gd as gd  # noqa: E402
 from .nets import MLP as MLP  # noqa: E402
 from .trajectory import Status as Status  # noqa: E402
 from .trajectory import Trajectory as Trajectory  # noqa: E402

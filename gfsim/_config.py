@@ -5,9 +5,10 @@ precision, so gfsim turns on ``jax_enable_x64`` when it is imported. Set the env
 ``GFSIM_X64=0`` before importing gfsim to leave JAX's default (float32) alone, e.g. on a GPU where
 float64 is slow; arrays then follow whatever dtype you pass in.
 
-Persistent compilation cache: JAX compiles are the slow part of a first call. If
-``GFSIM_CACHE_DIR`` is set (or ``JAX_COMPILATION_CACHE_DIR``), compiled programs are cached there
-across processes. ``GFSIM_CACHE_DIR=0`` turns the cache off.
+Persistent compilation cache: JAX compiles are the slow part of a first call, so gfsim caches
+compiled programs across processes, by default in ``~/.cache/gfsim/jax``. ``GFSIM_CACHE_DIR``
+moves it; ``GFSIM_CACHE_DIR=0`` turns it off. If ``JAX_COMPILATION_CACHE_DIR`` is set, JAX's own
+setting is used for the directory. Either way small programs are cached too.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ def _truthy(value: str | None, default: bool) -> bool:
 def configure() -> None:
     if _truthy(os.environ.get("GFSIM_X64"), True):
         jax.config.update("jax_enable_x64", True)
-    cache_dir = os.environ.get("GFSIM_CACHE_DIR")
-    if cache_dir is None:
-        cache_dir = os.path.join(os.path.expanduser("~"), ".cache", "gfsim", "jax")
-    if _truthy(cache_dir, True) and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", cache_dir)
+    cache_dir = os.environ.get("GFSIM_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "gfsim", "jax"
+    )
+    if _truthy(cache_dir, True):
+        if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            jax.config.update("jax_compilation_cache_dir", cache_dir)
         # Cache even small programs: a test suite is made of them.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -52,7 +52,8 @@ def _default_cutoff(w) -> float:
 
 
 def effective_rank(w: Float[Array, "... out in"], *, cutoff: float | None = None):
-    """Roy & Vetterli's effective rank exp(H(p)), p_i = s_i / sum_j s_j, in [1, rank W].
+    """Roy & Vetterli's effective rank exp(H(p)), p_i = s_i / sum_j s_j, in [1, rank W] (NaN for
+    W = 0).
 
     Singular values with s_i <= cutoff * s_max are treated as exactly zero (they contribute
     nothing to the entropy). Default cutoff: max(out, in) * machine epsilon of the dtype, the
@@ -62,7 +63,8 @@ def effective_rank(w: Float[Array, "... out in"], *, cutoff: float | None = None
     s = jnp.where(s > cutoff * s[..., :1], s, 0.0)
     p = s / jnp.sum(s, -1, keepdims=True)
     plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
-    return jnp.exp(-jnp.sum(plogp, -1))
+    # NaN for W = 0, like stable_rank: no spectrum to take the entropy of.
+    return jnp.where(s[..., 0] > 0, jnp.exp(-jnp.sum(plogp, -1)), jnp.nan)
 
 
 def numerical_rank(w: Float[Array, "... out in"], *, tol: float | None = None):

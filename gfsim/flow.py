@@ -106,8 +106,12 @@ def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
         throw=False,
     )
     ys_ts, ys_end = sol.ys
+    # A slot at t0 is the initial state even when the solve stops before its first step.
+    ys_ts = jax.tree_util.tree_map(
+        lambda a, a0: jnp.where((ts == 0).reshape((-1,) + (1,) * a0.ndim), a0[None], a),
+        ys_ts, params0)
     t_final = sol.ts[1][0]
-    reached = sol.ts[0] <= t_final  # unreached slots come back as inf: make them NaN
+    reached = ts <= t_final  # unreached slots come back as inf: make them NaN
     saved = jax.tree_util.tree_map(
         lambda a: jnp.where(reached.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.nan), ys_ts
     )
@@ -251,7 +255,7 @@ def simulate(
         _concrete_float(atol, "atol", positive=True)
     if stop_loss is not None:
         _concrete_float(stop_loss, "stop_loss", positive=False)
-    if not isinstance(max_steps, int) or max_steps < 1:
+    if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps={max_steps!r} must be a positive integer.")
     if not isinstance(num_saves, int) or num_saves < 2:
         raise ValueError(f"num_saves={num_saves!r} must be an integer >= 2.")
@@ -272,9 +276,10 @@ def simulate(
         loss=loss,
         reduction=reduction,
         solver=solver,
-        max_steps=max_steps,
-        num_saves=num_saves,
-        decades=float(decades),
+        max_steps=int(max_steps),
+        # Only used to build default save times: fixed when ts is given, so no recompiles.
+        num_saves=num_saves if ts is None else 0,
+        decades=float(decades) if ts is None else 0.0,
         has_stop=stop_loss is not None,
         net_batched=net.is_batched,
         data_batched=data.is_batched,

@@ -50,9 +50,10 @@ def register_activation(name: str, fn: Callable) -> Callable:
 INITS: Registry[Callable] = Registry("init")
 
 
-def register_init(name: str):
-    """Decorator: register ``fn(key, widths, scale, dtype) -> list of (out, in) arrays``."""
-    return INITS.register(name)
+def register_init(name: str, fn: Callable | None = None):
+    """Register ``fn(key, widths, scale, dtype) -> list of (out, in) arrays`` as
+    ``MLP(..., init=name)``; usable as a decorator when ``fn`` is omitted."""
+    return INITS.register(name, fn)
 
 
 def _keys(key, n):

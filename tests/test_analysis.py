@@ -70,6 +70,7 @@ def test_sigma_ratio_needs_two_singular_values():
 
 def test_stable_rank_of_zero_is_nan():
     assert math.isnan(f(A.stable_rank(np.zeros((2, 2)))))
+    assert math.isnan(f(A.effective_rank(np.zeros((2, 2)))))
 
 
 @pytest.mark.parametrize("n", [1, 3])

@@ -231,6 +231,8 @@ def test_dataset_validation_errors(X, Y, match):
 def test_dataset_mask_shape_error_and_single_indexing():
     with pytest.raises(ValueError, match=r"mask must have Y's shape \(2, 3\)"):
         Dataset(np.ones((2, 2)), np.ones((2, 3)), mask=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="mask must hold only 0 .* and 1"):
+        Dataset(np.ones((2, 2)), np.ones((2, 3)), mask=np.full((2, 3), 0.5))
     with pytest.raises(TypeError, match="batch"):
         Dataset(np.ones((2, 2)), np.ones((2, 1)))[0]
 

@@ -132,13 +132,18 @@ def test_paper_pair_x1_only_x2_only_start_ends_at_stable_rank_1980():
 
 def test_batched_equals_one_by_one():
     runs = 3
-    kd, kn = jax.random.split(jax.random.key(5))
+    kd, kn = jax.random.split(jax.random.key(7))
     data = gfsim.data.sphere(kd, 3, 4, d_out=2, targets="gaussian", runs=runs)
     net = gfsim.MLP((4, 6, 2), key=kn, runs=runs)
-    kw = dict(reduction="sum", rtol=1e-9, num_saves=8)
+    kw = dict(reduction="sum", rtol=1e-9, num_saves=8, max_steps=2000)
     batch = gfsim.simulate(net, data, 5.0, **kw)
+    # A mixed batch: lanes that finish early and one that slides and exhausts its budget must
+    # not disturb each other under vmap.
+    assert sorted(batch.status_labels().tolist()) == ["max_steps", "reached_t1", "reached_t1"]
     for i in range(runs):
         one = gfsim.simulate(net[i], data[i], 5.0, **kw)
+        assert int(batch.status[i]) == int(one.status)
+        np.testing.assert_allclose(batch.t_final[i], one.t_final, rtol=1e-12)
         for wb, wo in zip(batch[i].weights, one.weights):
             np.testing.assert_allclose(wb, wo, rtol=1e-12, atol=1e-14)
         assert int(batch.num_steps[i]) == int(one.num_steps)
@@ -147,12 +152,13 @@ def test_batched_equals_one_by_one():
 def test_one_net_many_datasets_and_grid():
     kd, kn = jax.random.split(jax.random.key(6))
     data = gfsim.data.sphere(kd, 3, 4, d_out=2, targets="gaussian", runs=2)
-    nets = gfsim.MLP((4, 6, 2), key=kn, runs=3)
+    nets = gfsim.MLP((4, 6, 2), "linear", key=kn, runs=3)
     shared = gfsim.simulate(nets[0], data, 2.0, num_saves=4)
     assert shared.loss.shape == (2, 4)
     gn, gdata = gfsim.grid(nets, data)
     both = gfsim.simulate(gn, gdata, 2.0, num_saves=4)
     assert both.loss.shape == (6, 4)
+    assert np.all(np.asarray(both.status) == Status.REACHED_T1)
     # run = dataset * n_nets + net
     np.testing.assert_allclose(both.loss[1 * 3 + 0], shared.loss[1], rtol=1e-12)
 
@@ -238,6 +244,12 @@ def test_status_max_steps_and_stop_loss_fill_nan():
     assert float(stop.t_final) < 50.0
     assert np.isnan(float(stop.loss[-1]))
     np.testing.assert_allclose(stop.loss[:3], full.loss[:3], rtol=1e-6)
+    # Already below stop_loss at t = 0: stops at once, and the t = 0 slot still holds the start.
+    now = gfsim.simulate(net, data, 50.0, ts=ts, stop_loss=2 * float(full.loss[0]),
+                         reduction="sum")
+    assert int(now.status) == Status.STOP_LOSS and float(now.t_final) == 0.0
+    np.testing.assert_allclose(now.loss[0], full.loss[0], rtol=1e-12)
+    np.testing.assert_array_equal(now.weights[0][0], net.weights[0])
 
 
 def test_status_nonfinite_on_overflow():

@@ -104,7 +104,7 @@ def gd(
     - ``lr``: the step size (traced: a new value does not recompile).
     - ``steps``: number of steps (static).
     - ``save_steps``: increasing step counts at which to save, starting at 0; default 0 then
-      ``num_saves - 1`` log-spaced counts up to ``steps`` (:func:`gfsim.gd.log_steps`).
+      ``num_saves - 1`` log-spaced counts up to ``steps`` (:func:`gfsim.descent.log_steps`).
     - ``optimizer``: a function ``lr -> optax.GradientTransformation``; default ``optax.sgd``.
     """
     check_problem(net, data)
