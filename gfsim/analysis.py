@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -130,3 +131,70 @@ def balance_drift(weights: Sequence[Array], *, kind: str = "neuron", time_axis: 
     ).max(-1)
     scale = jnp.nanmax(sum(jnp.sum(w**2, axis=(-2, -1)) for w in ws), axis=-1)
     return change / scale
+
+
+# -- activation patterns (where the ReLU flow is non-smooth) -----------------------------------
+
+
+def _activation_fn(activation: str, negative_slope: float):
+    from .nets import ACTIVATIONS
+
+    if activation == "leaky_relu":
+        return lambda z: jax.nn.leaky_relu(z, negative_slope)
+    return ACTIVATIONS.get(activation, "activation")
+
+
+def preactivations(weights: Sequence[Array], X: Array, *, activation: str = "relu",
+                   negative_slope: float = 0.01) -> list[Array]:
+    """Pre-activations of every layer, ``(..., n, width_j)``, for weights ``(..., out, in)`` and
+    inputs ``X`` ``(..., n, d_in)`` broadcastable against the weights' leading axes (for a
+    batched trajectory ``(runs, T, out, in)`` and a batch of datasets, pass ``X[:, None]``)."""
+    act = _activation_fn(activation, negative_slope)
+    out = []
+    h = X
+    for j, w in enumerate(weights):
+        z = h @ jnp.swapaxes(w, -1, -2)
+        out.append(z)
+        if j < len(weights) - 1:
+            h = act(z)
+    return out
+
+
+def activation_pattern(weights: Sequence[Array], X: Array) -> list[Array]:
+    """Which hidden units are active (pre-activation > 0) on which points: one boolean array
+    ``(..., n, width_j)`` per hidden layer. Inside one pattern the bias-free ReLU flow is a
+    smooth polynomial ODE; it is non-smooth only where the pattern changes."""
+    return [z > 0 for z in preactivations(weights, X)[:-1]]
+
+
+def pattern_changes(weights: Sequence[Array], X: Array, *, time_axis: int = -3) -> Array:
+    """Number of (unit, point) activation flips between consecutive save times, summed over
+    hidden layers and over time, per leading index. Sampled at the save times, it is a lower
+    bound on the pattern changes the flow went through. NaN save slots are skipped.
+
+    ``weights``: per layer ``(..., T, out, in)``; ``X``: ``(n, d_in)``, or ``(runs, n, d_in)``
+    for a batch of datasets (no time axis: it is added here)."""
+    ax = time_axis % weights[0].ndim
+    ws = [jnp.moveaxis(w, ax, -3) for w in weights]
+    total = 0
+    valid = jnp.all(jnp.isfinite(ws[0]), axis=(-2, -1))  # (..., T)
+    both = valid[..., 1:] & valid[..., :-1]
+    for p in activation_pattern(ws, X[..., None, :, :] if X.ndim >= 2 else X):
+        flips = jnp.sum(p[..., 1:, :, :] != p[..., :-1, :, :], axis=(-2, -1))
+        total = total + jnp.sum(jnp.where(both, flips, 0), -1)
+    return total
+
+
+def kink_units(weights: Sequence[Array], X: Array, *, rtol: float = 1e-6) -> list[Array]:
+    """Hidden (point, unit) pairs of a ReLU net that sit on a kink: |z| <= rtol * ||w_u|| * ||h||,
+    with w_u the unit's incoming weights and h its input. One boolean ``(..., n, width_j)`` per
+    hidden layer. Pairs that stay on a kink over time while the flow moves are sliding."""
+    zs = preactivations(weights, X)
+    out = []
+    h = X
+    for j in range(len(weights) - 1):
+        h_norm = jnp.linalg.norm(h, axis=-1)[..., :, None]
+        w_norm = jnp.linalg.norm(weights[j], axis=-1)[..., None, :]
+        out.append(jnp.abs(zs[j]) <= rtol * h_norm * w_norm)
+        h = jax.nn.relu(zs[j])
+    return out

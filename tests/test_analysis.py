@@ -269,3 +269,36 @@ def test_balance_drift_ignores_nan_slots_and_broadcasts_over_runs():
 def test_balance_drift_rejects_unknown_kind():
     with pytest.raises(ValueError, match="kind='frobenius'; allowed: neuron, layer, matrix"):
         A.balance_drift([TWO_T_W1, TWO_T_W2], kind="frobenius")
+
+
+# -- activation patterns ------------------------------------------------------------------------
+
+
+def test_preactivations_and_pattern_by_hand():
+    W1 = np.array([[1.0, -1.0], [0.0, 2.0], [1.0, 1.0]])
+    W2 = np.array([[1.0, 2.0, -1.0]])
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    z1, z2 = A.preactivations([W1, W2], X)
+    np.testing.assert_array_equal(z1, X @ W1.T)
+    np.testing.assert_array_equal(z2, np.maximum(X @ W1.T, 0) @ W2.T)
+    (p,) = A.activation_pattern([W1, W2], X)
+    # z1 = [[1, 0, 1], [-1, 2, 1], [0, 2, 2]]; a zero pre-activation is inactive (s'(0) = 0).
+    np.testing.assert_array_equal(p, [[True, False, True], [False, True, True], [False, True, True]])
+    (k,) = A.kink_units([W1, W2], X, rtol=1e-12)
+    np.testing.assert_array_equal(k, [[False, True, False], [False, False, False],
+                                      [True, False, False]])
+    zl, _ = A.preactivations([W1, W2], X, activation="linear")
+    np.testing.assert_array_equal(zl, z1)
+
+
+def test_pattern_changes_counts_flips_between_saves():
+    X = np.array([[1.0, 0.0], [0.0, 1.0]])
+    W2 = np.ones((1, 1))
+    # One unit; its incoming weights rotate so that it switches on x2 at the 2nd save and off
+    # on x1 at the 3rd: two flips in all. A NaN slot (early stop) is skipped.
+    W1 = np.array([[[1.0, -1.0]], [[1.0, 1.0]], [[-1.0, 1.0]], [[np.nan, np.nan]]])
+    W2t = np.broadcast_to(W2, (4, 1, 1))
+    assert int(A.pattern_changes([W1, W2t], X)) == 2
+    # Leading run axis.
+    both = [np.stack([W1, W1[::-1]]), np.stack([W2t, W2t])]
+    np.testing.assert_array_equal(A.pattern_changes(both, X), [2, 2])
