@@ -8,7 +8,10 @@ float64 is slow; arrays then follow whatever dtype you pass in.
 Persistent compilation cache: JAX compiles are the slow part of a first call, so gfsim caches
 compiled programs across processes, by default in ``~/.cache/gfsim/jax``. ``GFSIM_CACHE_DIR``
 moves it; ``GFSIM_CACHE_DIR=0`` turns it off. If ``JAX_COMPILATION_CACHE_DIR`` is set, JAX's own
-setting is used for the directory. Either way small programs are cached too.
+setting is used for the directory. Either way small programs are cached too. So that the
+compiled solve can be cached at all, gfsim sets ``EQX_ON_ERROR=nan`` unless it is already set
+(Equinox's runtime checks otherwise use host callbacks, which JAX does not cache); import gfsim
+before equinox for it to take effect.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ def _truthy(value: str | None, default: bool) -> bool:
 
 
 def configure() -> None:
+    # Equinox's runtime checks (error_if) default to host callbacks, and JAX never writes a
+    # program with host callbacks to the persistent cache: every process would recompile the
+    # solve. With "nan" a failed check poisons the output instead (the run's status becomes
+    # "nonfinite"). Must be set before equinox is first imported; an explicit setting wins.
+    os.environ.setdefault("EQX_ON_ERROR", "nan")
     if _truthy(os.environ.get("GFSIM_X64"), True):
         jax.config.update("jax_enable_x64", True)
     cache_dir = os.environ.get("GFSIM_CACHE_DIR") or os.path.join(

@@ -11,7 +11,7 @@ import tempfile
 import time
 from importlib import metadata
 
-from .experiments import EXPERIMENTS, PROFILES, Result
+from .experiments import EXPERIMENTS, ORDER, PROFILES, Result
 
 
 def check_out_dir(out: str) -> str:
@@ -81,7 +81,11 @@ def reproduce(out: str = "gfsim-reproduce", *, profile: str = "quick",
     """Run the selected experiments (default: all) and write the report to ``out``."""
     if profile not in PROFILES:
         raise ValueError(f"profile={profile!r}; allowed: {', '.join(PROFILES)}.")
-    names = list(experiments) if experiments else list(EXPERIMENTS.names())
+    if experiments:
+        names = list(experiments)
+    else:
+        names = [n for n in ORDER if n in EXPERIMENTS]
+        names += [n for n in EXPERIMENTS.names() if n not in names]
     for n in names:
         EXPERIMENTS.check(n, "experiment")
     check_out_dir(out)

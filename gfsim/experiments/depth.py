@@ -1,0 +1,288 @@
+"""Experiment B: the positive result, depth biases ReLU nets towards low-rank layers.
+
+Teacher-student data (inputs uniform in [0, 1]^d then normalised, sign labels of a bias-free ReLU
+teacher of total parameter norm 1), bias-free ReLU students of increasing depth k, trained by GF
+on the exponential loss (the max-margin setting). Per run and per layer we measure the stable
+rank and the ratio ||W_j||_2 / ||W_j||_F at the end, average the ratio over the nontrivial layers
+(all but the last, a vector of ratio 1) and compare it with the rank-one lower bound:
+
+    |N(x)| <= prod_j ||W_j||_2 ||x||  =>  prod_j ||W_j||_2 >= c := max_i |N(x_i)| / ||x_i||,
+    F^2 := mean_j ||W_j||_F^2 (the common value under balancedness) >= (prod_j ||W_j||_F)^(2/k),
+    => mean_{j<k} ||W_j||_2/||W_j||_F >= (c / F^k)^(1/(k-1))    (AM-GM; ratio of W_k is 1).
+
+The inequality is exact for any weights; balancedness is what makes it tight.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+
+import gfsim
+from gfsim import analysis
+
+from . import Claim, Result, register_experiment
+
+SETTINGS = {
+    "quick": dict(n=32, dim=8, width=24, depths=(2, 3, 4, 6, 8), seeds=8, scale=0.5,
+                  t1=1e8, stop_loss=1e-4, max_steps=2000, rtol=1e-4, atol=1e-4,
+                  losses=("exponential",)),
+    "full": dict(n=1000, dim=10, width=64, depths=(2, 3, 4, 5, 6, 8, 10, 12), seeds=32,
+                 scale=0.5, t1=1e10, stop_loss=1e-6, max_steps=100_000, rtol=1e-6, atol=1e-6,
+                 losses=("exponential", "square")),
+    "tiny": dict(n=16, dim=6, width=12, depths=(2, 3, 4), seeds=4, scale=0.5, t1=1e8,
+                 stop_loss=1e-3, max_steps=1000, rtol=1e-4, atol=1e-4,
+                 losses=("exponential",)),  # tests
+}
+TEACHER_WIDTHS = (10, 1)
+NUM_SAVES = 24
+DECADES = 10.0
+
+
+def _forward(weights, X):
+    """Numpy forward pass of a bias-free ReLU net for one run: weights (out, in) per layer."""
+    h = X.T
+    for w in weights[:-1]:
+        h = np.maximum(w @ h, 0.0)
+    return (weights[-1] @ h).T  # (n, 1)
+
+
+def summarise(tr, w0, X: np.ndarray, Y: np.ndarray, stop_loss: float) -> dict:
+    """Per-run end-of-flow rank measures, the rank-one bound and the balancedness check."""
+    W = [np.asarray(w) for w in tr.final_weights]  # (runs, out, in) per layer
+    k = len(W)
+    runs = W[0].shape[0]
+    spec = np.stack([np.asarray(analysis.spectral_norm(w)) for w in W], 1)  # (runs, k)
+    frob = np.stack([np.asarray(analysis.frobenius_norm(w)) for w in W], 1)
+    ratio = np.stack([np.asarray(analysis.spectral_frobenius_ratio(w)) for w in W], 1)
+    sr = np.stack([np.asarray(analysis.stable_rank(w)) for w in W], 1)
+    ratio_avg = ratio[:, : k - 1].mean(1)  # nontrivial layers only
+    xn = np.linalg.norm(X, axis=1)
+    out = np.stack([_forward([w[r] for w in W], X)[:, 0] for r in range(runs)])  # (runs, n)
+    c = np.max(np.abs(out) / xn, 1)
+    margin = np.min(Y[None, :, 0] * out / xn, 1)
+    F2 = np.mean(frob**2, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bound = (c / F2 ** (k / 2)) ** (1.0 / (k - 1))
+        bound_margin = (np.maximum(margin, 0.0) / F2 ** (k / 2)) ** (1.0 / (k - 1))
+    # Balancedness from gfsim.analysis.layer_balance: F_j^2 = F_1^2 + cumulative differences.
+    lb = np.asarray(analysis.layer_balance(tr.final_weights))  # (runs, k-1)
+    lb0 = np.asarray(analysis.layer_balance(w0))
+    fj2 = frob[:, :1] ** 2 + np.concatenate([np.zeros((runs, 1)), np.cumsum(lb, 1)], 1)
+    imbalance = (fj2.max(1) - fj2.min(1)) / F2
+    drift = np.max(np.abs(lb - lb0), 1) / F2
+    status = np.asarray(tr.status)
+    loss = np.asarray(tr.final_loss)
+    return dict(
+        ratio=ratio, stable_rank=sr, ratio_avg=ratio_avg, spec=spec, frob=frob, c=c,
+        margin=margin, F2=F2, bound=bound, bound_margin=bound_margin, imbalance=imbalance,
+        balance_drift=drift, loss=loss, status=status, t_final=np.asarray(tr.t_final),
+        converged=(status == gfsim.Status.STOP_LOSS) & (loss < stop_loss),
+        stalled=status == gfsim.Status.MAX_STEPS,
+        not_converged=(status != gfsim.Status.STOP_LOSS) & (status != gfsim.Status.MAX_STEPS),
+        steps=np.asarray(tr.num_steps),
+        **{f"W{j + 1}": W[j] for j in range(k)},
+    )
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (no ties expected; average ranks otherwise via argsort)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 2:
+        return float("nan")
+    rx = np.argsort(np.argsort(x)).astype(float)
+    ry = np.argsort(np.argsort(y)).astype(float)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    den = np.sqrt(np.sum(rx**2) * np.sum(ry**2))
+    return float(np.sum(rx * ry) / den) if den > 0 else float("nan")
+
+
+def _figure(path: str, results: dict, cfg: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = sorted({lk for lk, _ in results})
+    fig, axes = plt.subplots(len(losses), 2, figsize=(10, 3.8 * len(losses)), squeeze=False)
+    for row, lname in enumerate(losses):
+        ax, ax2 = axes[row]
+        depths = [k for (lk, k) in results if lk == lname]
+        med, lo, hi, bmed, dd = [], [], [], [], []
+        for k in depths:
+            r = results[(lname, k)]
+            m = r["converged"]
+            ax.scatter(np.full(m.sum(), k) + 0.08, r["ratio_avg"][m], s=10, color="C0", alpha=0.5)
+            ax.scatter(np.full(m.sum(), k) - 0.08, r["bound"][m], s=10, color="C3", alpha=0.5,
+                       marker="x")
+            ax.annotate(f"{int(m.sum())}/{int(r['stalled'].sum())}/"
+                        f"{int(r['not_converged'].sum())}", (k, 0.02), ha="center", fontsize=7)
+            if m.any():
+                v = r["ratio_avg"][m]
+                dd.append(k)
+                med.append(np.median(v))
+                lo.append(np.percentile(v, 25))
+                hi.append(np.percentile(v, 75))
+                bmed.append(np.median(r["bound"][m]))
+            ax2.scatter(r["bound"][m], r["ratio_avg"][m], s=12, label=f"k={k}")
+        if dd:
+            ax.errorbar(dd, med, yerr=[np.subtract(med, lo), np.subtract(hi, med)], color="C0",
+                        marker="o", label="measured avg ||W||2/||W||F (median, IQR)")
+            ax.plot(dd, bmed, "--", color="C3", marker="x", label="bound (c/F^k)^(1/(k-1))")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("depth k")
+        ax.set_ylabel("avg over nontrivial layers")
+        ax.set_title(f"{lname} loss; counts converged/stalled/not converged", fontsize=9)
+        ax.legend(fontsize=7, loc="center right")
+        ax2.plot([0, 1], [0, 1], "k:", lw=1)
+        ax2.set_xlabel("balancedness lower bound")
+        ax2.set_ylabel("measured average ratio")
+        ax2.set_title("per run (converged): measured >= bound", fontsize=9)
+        ax2.legend(fontsize=7)
+    fig.suptitle(f"Experiment B: depth vs rank (n={cfg['n']}, d={cfg['dim']}, width "
+                 f"{cfg['width']}, gaussian init scale {cfg['scale']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@register_experiment("depth")
+def run(profile: str, out_dir: str, progress=None) -> Result:
+    cfg = SETTINGS[profile]
+    start = time.perf_counter()
+    kd, kn = jax.random.split(jax.random.key(1))
+    data = gfsim.data.teacher_student(kd, cfg["n"], cfg["dim"], teacher_widths=TEACHER_WIDTHS,
+                                      labels="sign")
+    X, Y = np.asarray(data.X), np.asarray(data.Y)
+    results = {}
+    for lname in cfg["losses"]:
+        for k in cfg["depths"]:
+            kn, sub = jax.random.split(kn)
+            widths = (cfg["dim"],) + (cfg["width"],) * (k - 1) + (1,)
+            net = gfsim.MLP(widths, "relu", key=sub, init="gaussian", scale=cfg["scale"],
+                            runs=cfg["seeds"])
+            stop = cfg["stop_loss"]
+            tr = gfsim.simulate(net, data, cfg["t1"], loss=lname, reduction="mean",
+                                stop_loss=stop, max_steps=cfg["max_steps"], rtol=cfg["rtol"],
+                                atol=cfg["atol"], num_saves=NUM_SAVES, decades=DECADES)
+            r = summarise(tr, net.weights, X, Y, stop)
+            F2_0 = np.mean(np.stack([np.asarray(analysis.frobenius_norm(w)) ** 2
+                                     for w in net.weights], 1), 1)
+            r["F2_init"] = F2_0
+            results[(lname, k)] = r
+            if progress is not None:
+                progress(f"depth: {lname} k={k}")
+
+    fig = "depth_ratio.png"
+    _figure(os.path.join(out_dir, fig), results, cfg)
+
+    summary = {}
+    claims, notes = [], []
+    for lname in cfg["losses"]:
+        depths = [k for (lk, k) in results if lk == lname]
+        med = {}
+        rows = []
+        viol, checked, worst = 0, 0, np.inf
+        for k in depths:
+            r = results[(lname, k)]
+            m = r["converged"]
+            if m.sum() >= 2:
+                med[k] = float(np.median(r["ratio_avg"][m]))
+            rows.append(f"k={k}: median {np.median(r['ratio_avg'][m]):.3f} over "
+                        f"{int(m.sum())} converged" if m.any() else f"k={k}: none converged")
+            rows[-1] += (f" (stalled {int(r['stalled'].sum())}, not converged "
+                         f"{int(r['not_converged'].sum())} of {cfg['seeds']})")
+            fin = np.isfinite(r["bound"]) & np.isfinite(r["ratio_avg"])
+            gap = r["ratio_avg"][fin] - r["bound"][fin]
+            checked += int(fin.sum())
+            viol += int(np.sum(gap < -1e-9))
+            if gap.size:
+                worst = min(worst, float(gap.min()))
+        ks = sorted(med)
+        rho = spearman(ks, [med[k] for k in ks]) if len(ks) >= 3 else float("nan")
+        deepest = med[ks[-1]] if ks else float("nan")
+        summary[lname] = dict(depths=np.array(ks), medians=np.array([med[k] for k in ks]),
+                              spearman=rho, violations=viol, checked=checked)
+        if len(ks) < 3:
+            verdict = "inconclusive"
+        elif rho >= 0.5 and deepest >= 0.9:
+            verdict = "agrees"
+        elif rho <= -0.5:
+            verdict = "disagrees"
+        else:
+            verdict = "inconclusive"
+        claims.append(Claim(
+            claim="Claim 3: the average ||W_j||_2/||W_j||_F over nontrivial layers rises towards 1 "
+            "with depth (ReLU, no biases, max-margin / zero-loss limit from small balanced init)",
+            setting=f"teacher-student n={cfg['n']}, d={cfg['dim']}, width {cfg['width']}, "
+            f"{cfg['seeds']} seeds, gaussian init scale {cfg['scale']}, {lname} loss (mean), "
+            f"stop at loss {cfg['stop_loss']:g} or t1={cfg['t1']:g}, max_steps "
+            f"{cfg['max_steps']}; statistics over converged runs only",
+            measured="; ".join(rows) + f". Spearman(depth, median) = {rho:.2f} over depths "
+            f"with >= 2 converged runs; deepest median {deepest:.3f}",
+            verdict=verdict,
+        ))
+        conv_all = np.concatenate([results[(lname, k)]["converged"] for k in depths])
+        imb = np.concatenate([results[(lname, k)]["imbalance"] for k in depths])[conv_all]
+        claims.append(Claim(
+            claim="Rank-one bound for depth: average ratio over nontrivial layers >= "
+            "(c / F^k)^(1/(k-1)), c = max_i |N(x_i)|/||x_i||, F^2 = mean_j ||W_j||_F^2 "
+            "(balancedness makes ||W_j||_F ~ F; AM-GM)",
+            setting=f"{lname} loss, every run with finite values (all depths)",
+            measured=f"{checked - viol} of {checked} runs satisfy it (smallest margin "
+            f"measured - bound = {worst:.3g}); median relative layer imbalance "
+            f"(max-min ||W_j||_F^2)/F^2 over converged runs "
+            f"{np.median(imb) if imb.size else float('nan'):.3f}",
+            verdict="agrees" if checked and viol == 0 else ("disagrees" if viol else
+                                                             "inconclusive"),
+        ))
+
+    data_file = "depth.npz"
+    arrays = {f"{lk}/k{k}/{f}": v for (lk, k), r in results.items() for f, v in r.items()}
+    for lname, s in summary.items():
+        arrays.update({f"{lname}/summary/{f}": np.asarray(v) for f, v in s.items()})
+    np.savez(os.path.join(out_dir, data_file), **arrays, X=X, Y=Y,
+             depths=np.array(cfg["depths"]), stop_loss=cfg["stop_loss"])
+
+    stalled = {f"{lk} k={k}": int(r["stalled"].sum()) for (lk, k), r in results.items()
+               if r["stalled"].any()}
+    notconv = {f"{lk} k={k}": int(r["not_converged"].sum()) for (lk, k), r in results.items()
+               if r["not_converged"].any()}
+    notes.append(
+        "Runs are classed as converged (loss below stop_loss), stalled (status max_steps: the "
+        "plain solver chatters on a ReLU kink the flow slides along) and not converged "
+        "(reached t1 above stop_loss, typically a plateau where the net outputs 0 on some "
+        "negative points). Stalled: " + (", ".join(f"{a}: {b}" for a, b in stalled.items())
+        or "none") + ". Not converged: " + (", ".join(f"{a}: {b}" for a, b in
+                                                       notconv.items()) or "none")
+        + ". Rank statistics use converged runs only; the bound check uses every run "
+        "(it is exact for any weights).")
+    notes.append(
+        f"Init: gaussian, entries N(0, {cfg['scale']}^2/fan_in). It is small in output (the "
+        "initial output shrinks like scale^k) but not exactly balanced; under the exponential "
+        "loss the norm grows without bound while the balance invariants stay fixed, so the "
+        "layers become balanced in relative terms (the imbalance is reported). Smaller scales "
+        "(0.3) collapse to one direction that cannot output negative values on some points "
+        "and never fit; larger ones (LeCun, 1.0) fit fast but stay near the random init.")
+    notes.append(
+        "Under the exponential loss the direction W/||W|| converges only like 1/log t, so the "
+        "ratios at a finite stop_loss are not the max-margin limit the theorem is about; deeper "
+        "nets reach a given loss with less norm growth and so carry more of their random "
+        "initialisation.")
+    return Result(
+        name="depth",
+        title="B. Depth biases ReLU nets towards low rank (teacher-student)",
+        claims=claims,
+        figures=[fig],
+        data_file=data_file,
+        settings=dict(cfg, depths=list(cfg["depths"]), losses=list(cfg["losses"]),
+                      teacher_widths=list(TEACHER_WIDTHS), init="gaussian", reduction="mean",
+                      solver="tsit5", num_saves=NUM_SAVES, decades=DECADES,
+                      seeds_key="jax.random.key(1)"),
+        seconds=time.perf_counter() - start,
+        notes=notes,
+    )
