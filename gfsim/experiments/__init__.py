@@ -51,3 +51,4 @@ from . import gf_vs_gd as gf_vs_gd  # noqa: E402,F401
 from . import most_datasets as most_datasets  # noqa: E402,F401
 from . import linear_contrast as linear_contrast  # noqa: E402,F401
 from . import neurons as neurons  # noqa: E402,F401
+from . import depth as depth  # noqa: E402,F401

@@ -1,0 +1,89 @@
+"""Experiment B (depth): the outputs satisfy exact inequalities and are self-consistent."""
+
+import os
+
+import numpy as np
+import pytest
+
+from gfsim.experiments import depth
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("depth")
+    result = depth.run("tiny", str(out))
+    return result, np.load(os.path.join(out, result.data_file)), out
+
+
+def _forward(weights, X):
+    h = X.T
+    for w in weights[:-1]:
+        h = np.maximum(w @ h, 0.0)
+    return (weights[-1] @ h).T[:, 0]
+
+
+def test_rank_measures_and_bound(tiny):
+    result, d, _ = tiny
+    X = d["X"]
+    cfg = depth.SETTINGS["tiny"]
+    for k in cfg["depths"]:
+        p = f"exponential/k{k}/"
+        W = [d[p + f"W{j + 1}"] for j in range(k)]
+        # Independent SVDs: ratio = ||W||_2/||W||_F = 1/sqrt(stable rank), in (0, 1].
+        s = [np.linalg.svd(w, compute_uv=False) for w in W]
+        ratio = np.stack([si[:, 0] / np.sqrt((si**2).sum(1)) for si in s], 1)
+        np.testing.assert_allclose(d[p + "ratio"], ratio, rtol=1e-10)
+        np.testing.assert_allclose(d[p + "stable_rank"], ratio**-2, rtol=1e-10)
+        assert np.all((ratio > 0) & (ratio <= 1 + 1e-12))
+        np.testing.assert_allclose(ratio[:, -1], 1.0, rtol=1e-12)  # last layer is a vector
+        np.testing.assert_allclose(d[p + "ratio_avg"], ratio[:, :-1].mean(1), rtol=1e-12)
+        # c recomputed from a numpy forward pass; Lipschitz: prod ||W_j||_2 >= c.
+        runs = W[0].shape[0]
+        out = np.stack([_forward([w[r] for w in W], X) for r in range(runs)])
+        c = np.max(np.abs(out) / np.linalg.norm(X, axis=1), 1)
+        np.testing.assert_allclose(d[p + "c"], c, rtol=1e-10)
+        assert np.all(np.prod(d[p + "spec"], 1) >= c * (1 - 1e-10))
+        # The rank-one bound is exact for every run: measured average >= (c/F^k)^(1/(k-1)).
+        F2 = np.mean(d[p + "frob"] ** 2, 1)
+        bound = (c / F2 ** (k / 2)) ** (1 / (k - 1))
+        np.testing.assert_allclose(d[p + "bound"], bound, rtol=1e-10)
+        assert np.all(d[p + "ratio_avg"] >= bound - 1e-12)
+        assert np.all(d[p + "bound_margin"] <= d[p + "bound"] + 1e-12)
+        # Balancedness: the layer invariants are conserved by GF (to the loose tolerance).
+        assert np.all(d[p + "balance_drift"] < 1e-2)
+
+
+def test_run_classes_and_claims(tiny):
+    result, d, out = tiny
+    cfg = depth.SETTINGS["tiny"]
+    stop = float(d["stop_loss"])
+    total_conv = 0
+    for k in cfg["depths"]:
+        p = f"exponential/k{k}/"
+        conv, st, nc = d[p + "converged"], d[p + "stalled"], d[p + "not_converged"]
+        # Every run is in exactly one class; none is dropped.
+        np.testing.assert_array_equal(conv.astype(int) + st + nc, 1)
+        assert np.all(d[p + "loss"][conv] < stop)
+        total_conv += conv.sum()
+        assert f"k={k}:" in result.claims[0].measured
+        assert f"stalled {int(st.sum())}, not converged {int(nc.sum())}" in \
+            result.claims[0].measured
+    assert total_conv > 0
+    # Converged exponential-loss runs classify every point correctly (positive margin).
+    for k in cfg["depths"]:
+        p = f"exponential/k{k}/"
+        assert np.all(d[p + "margin"][d[p + "converged"]] > 0)
+    # The Spearman statistic in the claim matches the saved medians.
+    s = d["exponential/summary/spearman"]
+    if np.isfinite(s):
+        assert abs(s - depth.spearman(d["exponential/summary/depths"],
+                                      d["exponential/summary/medians"])) < 1e-12
+    bound_claim = result.claims[1]
+    assert bound_claim.verdict == "agrees"
+    assert {c.verdict for c in result.claims} <= {"agrees", "disagrees", "inconclusive"}
+    assert os.path.getsize(os.path.join(out, result.figures[0])) > 10_000
+
+
+def test_spearman():
+    assert depth.spearman([1, 2, 3, 4], [0.1, 0.2, 0.5, 0.9]) == pytest.approx(1.0)
+    assert depth.spearman([1, 2, 3], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
