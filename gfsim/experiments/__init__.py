@@ -39,6 +39,16 @@ class Result:
 EXPERIMENTS: Registry[Callable] = Registry("experiment")
 
 
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (figures go to files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def register_experiment(name: str):
     return EXPERIMENTS.register(name)
 

@@ -24,17 +24,17 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, register_experiment
+from . import Claim, Result, pyplot, register_experiment
 
 SETTINGS = {
     "quick": dict(n=32, dim=8, width=24, depths=(2, 3, 4, 6, 8), seeds=8, scale=0.1,
-                  t1=1e12, stop_loss=1e-8, max_steps=2000, rtol=1e-4, atol=1e-4,
+                  t1=1e12, stop_loss=1e-8, max_steps=2000, rtol=1e-5, atol=1e-8,
                   losses=("exponential",)),
     "full": dict(n=1000, dim=10, width=64, depths=(2, 3, 4, 5, 6, 8, 10, 12), seeds=32,
                  scale=0.1, t1=1e14, stop_loss=1e-10, max_steps=100_000, rtol=1e-6, atol=1e-6,
                  losses=("exponential", "square")),
-    "tiny": dict(n=16, dim=6, width=12, depths=(2, 3, 4), seeds=4, scale=0.1, t1=1e12,
-                 stop_loss=1e-6, max_steps=1000, rtol=1e-4, atol=1e-4,
+    "tiny": dict(n=32, dim=8, width=12, depths=(2, 3, 4), seeds=4, scale=0.1, t1=1e12,
+                 stop_loss=1e-6, max_steps=1000, rtol=1e-5, atol=1e-8,
                  losses=("exponential",)),  # tests
 }
 TEACHER_WIDTHS = (10, 1)
@@ -102,10 +102,7 @@ def spearman(x, y) -> float:
 
 
 def _figure(path: str, results: dict, cfg: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     losses = sorted({lk for lk, _ in results})
     fig, axes = plt.subplots(len(losses), 2, figsize=(10, 3.8 * len(losses)), squeeze=False)

@@ -12,7 +12,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, register_experiment
+from . import Claim, Result, pyplot, register_experiment
 
 SETTINGS = {
     # t1: the GF end time (experiment A's); t_gd: the simulated time GD is run to (steps = t_gd/lr).
@@ -51,10 +51,7 @@ def _timed(fn):
 
 def _figure(path, ts_gd, dist, dist2, ts_gf, drift_gf, drift_gd, drift_gd2, lr, lr2, ok,
             loss_gf, loss_gd):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.5))
     t = ts_gd[1:]

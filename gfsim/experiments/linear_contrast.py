@@ -14,7 +14,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, register_experiment
+from . import Claim, Result, pyplot, register_experiment
 
 SETTINGS = {
     "quick": dict(scales=(1e-2, 1e-3, 1e-4), seeds=8, t1=40.0, num_saves=150, rtol=1e-8,
@@ -96,10 +96,7 @@ def fit_slope(t_half: np.ndarray, log_inv_scale: np.ndarray, seed: np.ndarray) -
 
 
 def _figure(path, ts, scales, seeds, sv, s, t_pred, t_half, log_inv, relu):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ncols = len(scales) + 1 + (relu is not None)
     fig, axes = plt.subplots(1, ncols, figsize=(3.3 * ncols, 3.4), squeeze=False)

@@ -17,7 +17,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, register_experiment
+from . import Claim, Result, pyplot, register_experiment
 
 SETTINGS = {
     "quick": dict(dims=(2, 10), widths=(2, 16), datasets=48, seeds=2, t1=300.0, rtol=1e-8,
@@ -76,10 +76,7 @@ def _one(cfg, dim, width, kd, kn) -> dict:
 
 
 def _figure(path, results, cfg):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     dims = cfg["dims"]
     widths = cfg["widths"]

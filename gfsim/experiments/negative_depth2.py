@@ -12,7 +12,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, register_experiment
+from . import Claim, Result, pyplot, register_experiment
 
 SETTINGS = {
     "quick": dict(seeds=288, widths=(2, 16), t1=300.0, rtol=1e-8, max_steps_xavier=5_000),
@@ -58,10 +58,7 @@ def summarise(tr, w1_0: np.ndarray, X: np.ndarray) -> dict:
 
 
 def _figure(path: str, results: dict, analytic: float):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keys = list(results)
     fig, axes = plt.subplots(2, len(keys), figsize=(3.2 * len(keys), 5.2), squeeze=False)

@@ -17,7 +17,7 @@ import numpy as np
 
 import gfsim
 
-from . import Claim, Result, register_experiment
+from . import Claim, Result, pyplot, register_experiment
 
 SETTINGS = {
     "quick": dict(widths=(2, 8), seeds=8, t1=300.0, num_saves=32, decades=2.5, rtol=1e-8,
@@ -104,10 +104,7 @@ def _draw_frame(ax, panels, X, t, tidx):
 
 @register_experiment("neurons")
 def run(profile: str, out_dir: str, progress=None) -> Result:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib import animation
 
     cfg = SETTINGS[profile]
