@@ -9,11 +9,11 @@ from . import data as data  # noqa: E402
 from . import losses as losses  # noqa: E402
 from . import nets as nets  # noqa: E402
 from .data import Dataset as Dataset  # noqa: E402
+from .descent import gd as gd  # noqa: E402
 from .flow import grid as grid  # noqa: E402
 from .flow import log_times as log_times  # noqa: E402
 from .flow import objective as objective  # noqa: E402
 from .flow import simulate as simulate  # noqa: E402
-from .descent import gd as gd  # noqa: E402
 from .nets import MLP as MLP  # noqa: E402
 from .trajectory import Status as Status  # noqa: E402
 from .trajectory import Trajectory as Trajectory  # noqa: E402

@@ -27,19 +27,19 @@ def spectral_norm(w):
     return singular_values(w)[..., 0]
 
 
-def stable_rank(w: Float[Array, "... out in"]) -> Float[Array, "..."]:
+def stable_rank(w: Float[Array, "... out in"]) -> Float[Array, ...]:
     """||W||_F^2 / ||W||_2^2, in [1, rank W] (the paper's main metric). NaN for W = 0."""
     s = singular_values(w)
     return jnp.sum(s**2, -1) / s[..., 0] ** 2
 
 
-def spectral_frobenius_ratio(w: Float[Array, "... out in"]) -> Float[Array, "..."]:
+def spectral_frobenius_ratio(w: Float[Array, "... out in"]) -> Float[Array, ...]:
     """||W||_2 / ||W||_F = 1/sqrt(stable rank), in (0, 1]; 1 iff W has rank one."""
     s = singular_values(w)
     return s[..., 0] / jnp.sqrt(jnp.sum(s**2, -1))
 
 
-def sigma_ratio(w: Float[Array, "... out in"]) -> Float[Array, "..."]:
+def sigma_ratio(w: Float[Array, "... out in"]) -> Float[Array, ...]:
     """sigma_2 / sigma_1 (0 for a rank-one matrix). Needs min(out, in) >= 2."""
     s = singular_values(w)
     if s.shape[-1] < 2:

@@ -68,14 +68,18 @@ class Dataset(eqx.Module):
             raise ValueError("X must hold at least one data point (n >= 1).")
         if self.mask is not None:
             if self.mask.shape != Y.shape:
-                raise ValueError(f"mask must have Y's shape {tuple(Y.shape)}; got {self.mask.shape}.")
+                raise ValueError(
+                    f"mask must have Y's shape {tuple(Y.shape)}; got {self.mask.shape}."
+                )
             if _is_concrete(self.mask) and not bool(
                 jnp.all((self.mask == 0) | (self.mask == 1))
             ):
                 raise ValueError("mask must hold only 0 (unobserved) and 1 (observed).")
         for name, a in (("X", X), ("Y", Y)):
             if _is_concrete(a) and not bool(jnp.all(jnp.isfinite(a))):
-                raise ValueError(f"{name} contains non-finite values (NaN or inf); all must be finite.")
+                raise ValueError(
+                    f"{name} contains non-finite values (NaN or inf); all must be finite."
+                )
 
     @property
     def n(self) -> int:

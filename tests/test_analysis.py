@@ -283,7 +283,9 @@ def test_preactivations_and_pattern_by_hand():
     np.testing.assert_array_equal(z2, np.maximum(X @ W1.T, 0) @ W2.T)
     (p,) = A.activation_pattern([W1, W2], X)
     # z1 = [[1, 0, 1], [-1, 2, 1], [0, 2, 2]]; a zero pre-activation is inactive (s'(0) = 0).
-    np.testing.assert_array_equal(p, [[True, False, True], [False, True, True], [False, True, True]])
+    np.testing.assert_array_equal(
+        p, [[True, False, True], [False, True, True], [False, True, True]]
+    )
     (k,) = A.kink_units([W1, W2], X, rtol=1e-12)
     np.testing.assert_array_equal(k, [[False, True, False], [False, False, False],
                                       [True, False, False]])

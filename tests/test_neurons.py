@@ -52,7 +52,7 @@ def test_one_sided_neurons_stay_and_align(result):
     n = 0
     for w in neurons.SETTINGS["tiny"]["widths"]:
         W1 = data[f"w{w}/W1"]
-        for i, (s, o) in enumerate(((data[f"w{w}/start_only_x1"], 1),
+        for i, (s, _) in enumerate(((data[f"w{w}/start_only_x1"], 1),
                                     (data[f"w{w}/start_only_x2"], 2))):
             runs, hs = np.nonzero(s)
             n += len(runs)

@@ -56,9 +56,9 @@ def register_experiment(name: str):
 # The order in which `gfsim reproduce` runs them.
 ORDER = ("negative", "gf_vs_gd", "most_datasets", "linear", "depth", "neurons")
 
-from . import negative_depth2 as negative_depth2  # noqa: E402,F401
-from . import gf_vs_gd as gf_vs_gd  # noqa: E402,F401
-from . import most_datasets as most_datasets  # noqa: E402,F401
-from . import linear_contrast as linear_contrast  # noqa: E402,F401
-from . import neurons as neurons  # noqa: E402,F401
 from . import depth as depth  # noqa: E402,F401
+from . import gf_vs_gd as gf_vs_gd  # noqa: E402,F401
+from . import linear_contrast as linear_contrast  # noqa: E402,F401
+from . import most_datasets as most_datasets  # noqa: E402,F401
+from . import negative_depth2 as negative_depth2  # noqa: E402,F401
+from . import neurons as neurons  # noqa: E402,F401

@@ -85,7 +85,7 @@ def _figure(path, ts_gd, dist, dist2, ts_gf, drift_gf, drift_gd, drift_gd2, lr, 
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("t (mean convention)", fontsize=8)
-    ax.set_title("loss: GF (solid) and GD lr %g (dashed)" % lr, fontsize=9)
+    ax.set_title(f"loss: GF (solid) and GD lr {lr:g} (dashed)", fontsize=9)
     fig.suptitle("GF vs GD on experiment A's runs (size-2 dataset, width 2, disk init 1e-4)",
                  fontsize=10)
     fig.tight_layout()
@@ -204,7 +204,8 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         f"runs at loss < 1e-4 by t = {t_gd:g}, but only "
         f"{(np.median(bd_gd[plateau]) if plateau.any() else np.nan):.1e} over the "
         f"{int(plateau.sum())} moving runs still at loss >= 1e-4 (plateaus or not yet "
-        f"fitted); doubling lr multiplies GD's drift by {np.median(r_drift):.3f} (median; range {np.min(r_drift):.3f} to "
+        f"fitted); doubling lr multiplies GD's drift by {np.median(r_drift):.3f} (median; range "
+        f"{np.min(r_drift):.3f} to "
         f"{np.max(r_drift):.3f}){static_txt}{stall_txt}",
         verdict="agrees" if gf_max < 1e-10 and gd_conv_drift > 100 * gf_max
         and abs(np.median(r_drift) - 2) < 0.2 else "disagrees",

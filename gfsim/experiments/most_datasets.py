@@ -138,7 +138,7 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
 
     claims, notes = [], []
     n_runs = cfg["datasets"] * cfg["seeds"]
-    for (d, w), r in results.items():
+    for (_, w), r in results.items():
         c, s = r["converged"], r["stalled"]
         has = r["dataset_has_converged"]
         frac = float(r["dataset_far"][has].mean()) if has.any() else float("nan")
@@ -169,7 +169,7 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         ))
     # Analytic check on width-2 runs of obtuse pairs with a split start.
     devs, n_split, n_split_all, n_split_stalled = [], 0, 0, 0
-    for (d, w), r in results.items():
+    for (_, w), r in results.items():
         if w != 2:
             continue
         sel_all = r["split_start"] & (r["angle"] > math.pi / 2)
@@ -179,7 +179,7 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         n_split_stalled += int((sel_all & r["stalled"]).sum())
         devs.extend(np.abs(r["stable_rank"][sel] - analytic_sr(r["angle"][sel])).tolist())
     all_obtuse = []
-    for (d, w), r in results.items():
+    for (_, w), r in results.items():
         sel = r["converged"] & (r["angle"] > math.pi / 2)
         if sel.any():
             dv = np.abs(r["stable_rank"][sel] - analytic_sr(r["angle"][sel]))

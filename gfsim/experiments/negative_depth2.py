@@ -69,7 +69,8 @@ def _figure(path: str, results: dict, analytic: float):
             vals = r["stable_rank"][r["converged"], layer]
             ax.hist(vals, bins=np.linspace(1.0, 2.0, 26), color="C0" if layer == 0 else "C1")
             if layer == 0:
-                ax.axvline(analytic, color="k", ls="--", lw=1, label=f"2/(1+|cos|) = {analytic:.3f}")
+                ax.axvline(analytic, color="k", ls="--", lw=1,
+                           label=f"2/(1+|cos|) = {analytic:.3f}")
                 ax.legend(fontsize=7, loc="upper left")
             ax.set_title(f"{key}: W{layer + 1} (n={int(r['converged'].sum())})", fontsize=8)
             ax.set_xlabel("final stable rank", fontsize=8)
