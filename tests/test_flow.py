@@ -260,3 +260,27 @@ def test_status_nonfinite_on_overflow():
     tr = gfsim.simulate(net, data, 1.0, loss="exponential", max_steps=100)
     assert int(tr.status) == Status.NONFINITE
     assert tr.status_labels().item() == "nonfinite"
+
+
+# -- every registered solver ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def linear_problem():
+    data = gfsim.data.sphere(jax.random.key(2), 6, 4, d_out=3, targets="gaussian")
+    net = gfsim.MLP((4, 5, 3), "linear", key=jax.random.key(3))
+    ref = gfsim.simulate(net, data, 5.0, solver="dopri8", rtol=1e-12, atol=1e-14, num_saves=4,
+                         reduction="sum")
+    return net, data, ref
+
+
+@pytest.mark.parametrize("solver", ["tsit5", "dopri5", "bosh3", "kvaerno5", "heun"])
+def test_each_solver_agrees_with_dopri8_reference(linear_problem, solver):
+    net, data, ref = linear_problem
+    tr = gfsim.simulate(net, data, 5.0, solver=solver, rtol=1e-8, num_saves=4, reduction="sum")
+    assert int(tr.status) == Status.REACHED_T1
+    assert tr.method == f"gf:{solver}"
+    err = float(jnp.linalg.norm(flat(tr.final_weights) - flat(ref.final_weights)))
+    assert err <= 1e-7 * float(jnp.linalg.norm(flat(ref.final_weights)))
+    moved = float(jnp.linalg.norm(flat(ref.final_weights) - flat(net.weights)))
+    assert moved > 0.1
