@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .flow import _concrete_float, check_problem, objective
+from .flow import check_problem, check_scalar, objective
 from .losses import LOSSES, check_reduction
 from .trajectory import Status, Trajectory
 
@@ -110,7 +110,7 @@ def gd(
     check_problem(net, data)
     LOSSES.check(loss, "loss")
     check_reduction(reduction)
-    _concrete_float(lr, "lr", positive=True)
+    check_scalar(lr, "lr", positive=True)
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps={steps!r} must be a positive integer.")
     if save_steps is None:

@@ -159,7 +159,7 @@ def _run(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
     return ts, fn(net, data)
 
 
-def _concrete_float(x, field: str, *, positive: bool):
+def check_scalar(x, field: str, *, positive: bool):
     """Check a scalar option in plain Python when its value is known (not traced)."""
     if isinstance(x, jax.core.Tracer):
         return
@@ -246,12 +246,12 @@ def simulate(
     LOSSES.check(loss, "loss")
     check_reduction(reduction)
     solver = resolve_solver(solver)
-    _concrete_float(t1, "t1", positive=True)
-    _concrete_float(rtol, "rtol", positive=True)
+    check_scalar(t1, "t1", positive=True)
+    check_scalar(rtol, "rtol", positive=True)
     if atol is not None:
-        _concrete_float(atol, "atol", positive=True)
+        check_scalar(atol, "atol", positive=True)
     if stop_loss is not None:
-        _concrete_float(stop_loss, "stop_loss", positive=False)
+        check_scalar(stop_loss, "stop_loss", positive=False)
     if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps={max_steps!r} must be a positive integer.")
     if not isinstance(num_saves, int) or num_saves < 2:
