@@ -124,6 +124,30 @@ def w_b(repeats, max_steps=20_000):
     return out
 
 
+_FIRST_CALL = """
+import time, jax, gfsim
+data = gfsim.data.paper_pair()
+net = gfsim.MLP((2, 2, 2), key=jax.random.key(0), init="disk", scale=1e-4, runs=288)
+t = time.perf_counter()
+jax.block_until_ready(gfsim.simulate(net, data, 300.0, reduction="mean", rtol=1e-8).loss)
+print(time.perf_counter() - t)
+"""
+
+
+def persistent_cache():
+    """First-call time of experiment A in two fresh processes sharing an empty cache dir."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, GFSIM_CACHE_DIR=cache)
+        times = [float(subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, check=True,
+                                      capture_output=True, text=True).stdout.split()[-1])
+                 for _ in range(2)]
+    return dict(first_process_first_call_s=times[0], second_process_first_call_s=times[1])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
@@ -135,6 +159,7 @@ def main(argv=None):
                      cpus=os.cpu_count(), device=jax.devices()[0].device_kind,
                      backend=jax.default_backend(), jax=jax.__version__),
         experiment_a=experiment_a(args.repeats),
+        persistent_cache=persistent_cache(),
         w_b=w_b(args.repeats),
     )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
