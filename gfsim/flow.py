@@ -171,6 +171,11 @@ def check_scalar(x, field: str, *, positive: bool):
         raise ValueError(f"{field}={x!r} must be a finite number > 0.")
 
 
+def _as_array(x, dtype):
+    # An explicit dtype also drops JAX's weak type, which would otherwise retrace.
+    return jnp.asarray(x, dtype) if isinstance(x, jax.Array) else np.asarray(x, dtype=dtype)
+
+
 def check_problem(net, data) -> None:
     """Raise one clear ValueError if ``net`` and ``data`` do not fit together."""
     if not isinstance(net, MLP):
@@ -257,18 +262,18 @@ def simulate(
     if not isinstance(num_saves, int) or num_saves < 2:
         raise ValueError(f"num_saves={num_saves!r} must be an integer >= 2.")
     dtype = net.weights[0].dtype
-    t1 = jnp.asarray(t1, dtype)
+    # Host values go in as NumPy arrays (traced by the jit without a device dispatch each).
+    t1, rtol, stop = (_as_array(x, dtype) for x in (t1, rtol, -np.inf if stop_loss is None
+                                                           else stop_loss))
+    atol = rtol * 1e-3 if atol is None else _as_array(atol, dtype)
     if ts is not None:
-        ts = jnp.asarray(ts, dtype)
+        ts = _as_array(ts, dtype)
         if ts.ndim != 1 or ts.shape[0] < 1:
             raise ValueError(f"ts must be a 1-D array of save times; got shape {ts.shape}.")
         if not isinstance(ts, jax.core.Tracer) and not isinstance(t1, jax.core.Tracer):
             t = np.asarray(ts)
             if np.any(np.diff(t) < 0) or t[0] < 0 or t[-1] > float(t1):
                 raise ValueError("ts must be non-decreasing times within [0, t1].")
-    rtol = jnp.asarray(rtol, dtype)
-    atol = rtol * 1e-3 if atol is None else jnp.asarray(atol, dtype)
-    stop = jnp.asarray(-jnp.inf if stop_loss is None else stop_loss, dtype)
     cfg = _Static(
         loss=loss,
         reduction=reduction,
