@@ -33,7 +33,7 @@ import json
 import math
 import os
 import platform
-import statistics
+import sys
 import time
 
 import diffrax
@@ -43,6 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import gfsim
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import median_time  # noqa: E402
 
 WIDTHS = (2, 2, 2)
 THRESH = 1e-3
@@ -65,16 +68,6 @@ def bench_extra() -> dict:
             out[name] = None
             out[f"{name}_error"] = f"{type(e).__name__}: {e} (pip install 'gfsim[bench]')"
     return out
-
-
-def _time(fn, repeats):
-    """Median wall time of ``repeats`` calls (each blocked until ready) and all of them."""
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        out.append(time.perf_counter() - t)
-    return statistics.median(out), out
 
 
 def _first(fn):
@@ -157,7 +150,7 @@ def bench_gfsim(net, data, t1, ts, ref, rtols, repeats):
     for r in rtols:
         fn = lambda r=r: gfsim.simulate(net, data, t1, ts=ts, reduction="mean", rtol=r)  # noqa: E731
         tr, first = _first(fn)
-        steady, all_ = _time(lambda fn=fn: fn().weights, repeats)
+        steady, all_ = median_time(lambda fn=fn: fn().weights, repeats)
         rows.append(dict(method="gfsim (tsit5)", knob=f"rtol={r:g}", rtol=r, steady_s=steady,
                          steady_all_s=all_, first_call_s=first, status=tr.status_counts(),
                          max_steps=int(np.max(tr.num_steps)),
@@ -175,7 +168,7 @@ def bench_gd(net, data, t1, ts, ref, lrs, repeats):
         fn = lambda lr=lr, steps=steps, save=save: gfsim.gd(  # noqa: E731
             net, data, lr, steps, save_steps=save, reduction="mean")
         tr, first = _first(fn)
-        steady, all_ = _time(lambda fn=fn: fn().weights, repeats)
+        steady, all_ = median_time(lambda fn=fn: fn().weights, repeats)
         rows.append(dict(method="GD, JAX (gfsim.gd)", knob=f"lr={lr:g}", lr=lr, steps=steps,
                          steady_s=steady, steady_all_s=all_, first_call_s=first,
                          s_per_step=steady / steps, **accuracy(flat_theta(tr.weights), ref)))
@@ -260,7 +253,7 @@ def bench_hand_diffrax(net, data, t1, ts, ref, rtols, repeats):
         rj = jnp.asarray(r)
         fn = lambda rj=rj: solve(theta0, data.X, data.Y, t1j, tsj, rj)  # noqa: E731
         ys, first = _first(fn)
-        steady, all_ = _time(fn, repeats)
+        steady, all_ = median_time(fn, repeats)
         rows.append(dict(method="hand-written diffrax (jit(vmap))", knob=f"rtol={r:g}", rtol=r,
                          steady_s=steady, steady_all_s=all_, first_call_s=first,
                          **accuracy(np.asarray(ys), ref)))

@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
+import sys
 import time
 
 import equinox as eqx
@@ -23,16 +23,10 @@ import numpy as np
 
 import gfsim
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import median_time  # noqa: E402
+
 TSIT5_EVALS_PER_STEP = 6  # 7 stages, first same as last
-
-
-def _time(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        out.append(time.perf_counter() - t)
-    return statistics.median(out), out
 
 
 def bare_gradient_time(net, data, loss, reduction, inner=2000):
@@ -53,7 +47,7 @@ def bare_gradient_time(net, data, loss, reduction, inner=2000):
         return jax.lax.fori_loop(0, inner, body, p)
 
     jax.block_until_ready(loop(params, data))
-    med, _ = _time(lambda: loop(params, data), 3)
+    med, _ = median_time(lambda: loop(params, data), 3)
     return med / inner
 
 
@@ -65,7 +59,7 @@ def experiment_a(repeats):
     jax.block_until_ready(tr.loss)
     first = time.perf_counter() - t
     net2 = gfsim.MLP((2, 2, 2), key=jax.random.key(1), init="disk", scale=1e-4, runs=288)
-    steady, all_ = _time(lambda: gfsim.simulate(net2, data, 300.0, reduction="mean",
+    steady, all_ = median_time(lambda: gfsim.simulate(net2, data, 300.0, reduction="mean",
                                                 rtol=1e-8).loss, repeats)
     return dict(
         workload="W-A: size-2 dataset, width 2, disk r=1e-4, 288 seeds, t1=300, mean, rtol 1e-8",
@@ -89,7 +83,7 @@ def w_b(repeats, max_steps=20_000):
     tr = gfsim.simulate(net, data, 50.0, **kw)
     jax.block_until_ready(tr.loss)
     first = time.perf_counter() - t
-    steady, all_ = _time(lambda: gfsim.simulate(net, data, 50.0, **kw).loss, repeats)
+    steady, all_ = median_time(lambda: gfsim.simulate(net, data, 50.0, **kw).loss, repeats)
     g = bare_gradient_time(net, data, "square", "sum")
     lock_steps = int(tr.num_steps.max())
     evals = TSIT5_EVALS_PER_STEP * lock_steps
@@ -115,7 +109,9 @@ def w_b(repeats, max_steps=20_000):
         idx = np.where(~stalled)[0]
         sub_net, sub_data = net[idx], data[idx]
         tr2 = gfsim.simulate(sub_net, sub_data, 50.0, **kw)
-        steady2, _ = _time(lambda: gfsim.simulate(sub_net, sub_data, 50.0, **kw).loss, repeats)
+        steady2, _ = median_time(
+            lambda: gfsim.simulate(sub_net, sub_data, 50.0, **kw).loss, repeats
+        )
         g2 = bare_gradient_time(sub_net, sub_data, "square", "sum")
         evals2 = TSIT5_EVALS_PER_STEP * int(tr2.num_steps.max())
         out["smooth_subset"] = dict(runs=int(len(idx)), steady_s=steady2,
