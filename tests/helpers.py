@@ -44,3 +44,14 @@ def scipy_flow(net: gfsim.MLP, data: gfsim.Dataset, t_eval, *, loss="square", re
 def flat(weights, axis_start=0):
     """Concatenate per-layer arrays (..., out, in) into (..., P)."""
     return jnp.concatenate([w.reshape(*w.shape[: w.ndim - 2], -1) for w in weights], -1)
+
+
+def run_tiny(name: str, tmp_path_factory):
+    """Run experiment ``name`` at its tiny profile: (result, its saved .npz, output dir)."""
+    import os
+
+    from gfsim.experiments import EXPERIMENTS
+
+    out = tmp_path_factory.mktemp(name)
+    result = EXPERIMENTS.get(name)("tiny", str(out))
+    return result, np.load(os.path.join(out, result.data_file)), out

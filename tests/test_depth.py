@@ -4,15 +4,14 @@ import os
 
 import numpy as np
 import pytest
+from helpers import run_tiny
 
 from gfsim.experiments import depth
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("depth")
-    result = depth.run("tiny", str(out))
-    return result, np.load(os.path.join(out, result.data_file)), out
+    return run_tiny("depth", tmp_path_factory)
 
 
 def _forward(weights, X):

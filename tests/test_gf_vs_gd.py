@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import run_tiny
 
 import gfsim
 from gfsim import analysis
@@ -13,9 +14,7 @@ from gfsim.experiments import gf_vs_gd
 
 @pytest.fixture(scope="module")
 def compare(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gf_vs_gd")
-    result = gf_vs_gd.run("tiny", str(out))
-    return result, np.load(os.path.join(out, result.data_file)), out
+    return run_tiny("gf_vs_gd", tmp_path_factory)
 
 
 def test_matched_times(compare):

@@ -7,15 +7,12 @@ import re
 
 import numpy as np
 import pytest
-
-from gfsim.experiments import linear_contrast
+from helpers import run_tiny
 
 
 @pytest.fixture(scope="module")
 def linear(tmp_path_factory):
-    out = tmp_path_factory.mktemp("linear")
-    result = linear_contrast.run("tiny", str(out))
-    return result, np.load(os.path.join(out, result.data_file)), out
+    return run_tiny("linear", tmp_path_factory)
 
 
 def test_converges_to_the_target_map(linear):

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import run_tiny
 
 from gfsim.experiments import most_datasets
 
@@ -13,9 +14,7 @@ CFG = most_datasets.SETTINGS["tiny"]
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("most_datasets")
-    r = most_datasets.run("tiny", str(out))
-    return r, np.load(os.path.join(out, r.data_file)), out
+    return run_tiny("most_datasets", tmp_path_factory)
 
 
 def _keys():

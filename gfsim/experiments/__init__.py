@@ -49,6 +49,13 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: str, dpi: int = 110) -> None:
+    """Lay out, write and close a figure (closing frees it: experiments make many)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
 def register_experiment(name: str):
     return EXPERIMENTS.register(name)
 

@@ -24,7 +24,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, pyplot, register_experiment
+from . import Claim, Result, pyplot, register_experiment, save_figure
 
 SETTINGS = {
     "quick": dict(n=32, dim=8, width=24, depths=(2, 3, 4, 6, 8), seeds=8, scale=0.1,
@@ -142,9 +142,7 @@ def _figure(path: str, results: dict, cfg: dict):
         ax2.legend(fontsize=7)
     fig.suptitle(f"Experiment B: depth vs rank (n={cfg['n']}, d={cfg['dim']}, width "
                  f"{cfg['width']}, gaussian init scale {cfg['scale']})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @register_experiment("depth")

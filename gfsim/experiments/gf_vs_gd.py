@@ -12,7 +12,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, pyplot, register_experiment
+from . import Claim, Result, pyplot, register_experiment, save_figure
 
 SETTINGS = {
     # t1: the GF end time (experiment A's); t_gd: the simulated time GD is run to (steps = t_gd/lr).
@@ -88,9 +88,7 @@ def _figure(path, ts_gd, dist, dist2, ts_gf, drift_gf, drift_gd, drift_gd2, lr, 
     ax.set_title(f"loss: GF (solid) and GD lr {lr:g} (dashed)", fontsize=9)
     fig.suptitle("GF vs GD on experiment A's runs (size-2 dataset, width 2, disk init 1e-4)",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @register_experiment("gf_vs_gd")

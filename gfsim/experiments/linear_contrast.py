@@ -14,7 +14,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, pyplot, register_experiment
+from . import Claim, Result, pyplot, register_experiment, save_figure
 
 SETTINGS = {
     "quick": dict(scales=(1e-2, 1e-3, 1e-4), seeds=8, t1=40.0, num_saves=150, rtol=1e-8,
@@ -140,9 +140,7 @@ def _figure(path, ts, scales, seeds, sv, s, t_pred, t_half, log_inv, relu):
         ax.set_xlabel("t (sum convention)", fontsize=8)
     fig.suptitle("Claim 1: greedy low-rank learning of a depth-2 linear net (target s = "
                  f"{TARGET}), ReLU beside it", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @register_experiment("linear")

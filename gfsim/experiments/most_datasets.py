@@ -17,7 +17,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, pyplot, register_experiment
+from . import Claim, Result, pyplot, register_experiment, save_figure
 
 SETTINGS = {
     "quick": dict(dims=(2, 10), widths=(2, 16), datasets=48, seeds=2, t1=300.0, rtol=1e-8,
@@ -110,9 +110,7 @@ def _figure(path, results, cfg):
             ax.legend(fontsize=5.5, loc="lower left")
     fig.suptitle("Random size-2 datasets: final stable rank of W1 vs the angle of the pair",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @register_experiment("most_datasets")

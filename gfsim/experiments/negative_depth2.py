@@ -12,7 +12,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, pyplot, register_experiment
+from . import Claim, Result, pyplot, register_experiment, save_figure
 
 SETTINGS = {
     "quick": dict(seeds=288, widths=(2, 16), t1=300.0, rtol=1e-8, max_steps_xavier=5_000),
@@ -75,9 +75,7 @@ def _figure(path: str, results: dict, analytic: float):
             ax.set_title(f"{key}: W{layer + 1} (n={int(r['converged'].sum())})", fontsize=8)
             ax.set_xlabel("final stable rank", fontsize=8)
     fig.suptitle("Experiment A: final stable rank over runs with loss < 1e-4", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @register_experiment("negative")
