@@ -198,3 +198,36 @@ def kink_units(weights: Sequence[Array], X: Array, *, rtol: float = 1e-6) -> lis
         out.append(jnp.abs(zs[j]) <= rtol * h_norm * w_norm)
         h = jax.nn.relu(zs[j])
     return out
+
+
+def _sliding_of(traj):
+    if traj.sliding is None:
+        raise ValueError(
+            f"this trajectory (method={traj.method!r}) has no sliding record; simulate a ReLU net "
+            "with method='events' (the default for ReLU nets)."
+        )
+    return traj.sliding
+
+
+def sliding_counts(traj) -> list[Array]:
+    """How many (unit, point) pairs slide (are held on their kink by the Filippov flow) at each
+    save time: one integer array ``(..., T)`` per hidden layer."""
+    return [jnp.sum(s, axis=(-2, -1)) for s in _sliding_of(traj)]
+
+
+def sliding_units(traj) -> list[Array]:
+    """Which hidden units slide on at least one point at each save time: one boolean array
+    ``(..., T, width)`` per hidden layer."""
+    return [jnp.any(s, axis=-2) for s in _sliding_of(traj)]
+
+
+def event_counts(traj) -> dict[str, Array]:
+    """Activation-pattern changes the flow went through: ``crossings`` (a pre-activation changed
+    sign), ``slides`` (sliding episodes) and their sum ``changes``, per run. Exact counts from the
+    event-driven solver, unlike :func:`pattern_changes`, which samples the save times."""
+    _sliding_of(traj)
+    return dict(
+        crossings=traj.num_crossings,
+        slides=traj.num_slides,
+        changes=traj.num_crossings + traj.num_slides,
+    )

@@ -19,7 +19,9 @@ def log_steps(steps: int, num: int = 64) -> np.ndarray:
     """Step 0 followed by up to ``num - 1`` distinct log-spaced step counts ending at ``steps``."""
     if steps < 1:
         raise ValueError(f"steps={steps!r} must be a positive integer.")
-    s = np.unique(np.round(np.geomspace(1, steps, max(num - 1, 1))).astype(np.int64))
+    count = max(num - 1, 1)
+    s = np.unique(np.round(np.geomspace(1, steps, count)).astype(np.int64))
+    s = s if count > 1 else np.array([steps])
     return np.concatenate([[0], s])
 
 

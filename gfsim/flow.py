@@ -56,6 +56,8 @@ class _Static:
     has_stop: bool
     net_batched: bool
     data_batched: bool
+    method: str = "plain"
+    max_sliding: int = 16
 
 
 _TRACES = [0]
@@ -153,10 +155,49 @@ def _run(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
     _TRACES[0] += 1
     if ts is None:
         ts = log_times(t1, cfg.num_saves, cfg.decades)
+    if cfg.method == "events":
+        return ts, _run_events(net, data, t1, ts, rtol, atol, stop_loss, cfg)
     fn = lambda n, d: _solve_one(n, d, t1, ts, rtol, atol, stop_loss, cfg)  # noqa: E731
     if cfg.net_batched or cfg.data_batched:
         fn = jax.vmap(fn, in_axes=(0 if cfg.net_batched else None, 0 if cfg.data_batched else None))
     return ts, fn(net, data)
+
+
+def _run_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
+    from .kinks import EventConfig, solve_events
+
+    ecfg = EventConfig(
+        loss=cfg.loss,
+        reduction=cfg.reduction,
+        solver=cfg.solver,
+        max_steps=cfg.max_steps,
+        max_sliding=cfg.max_sliding,
+        has_stop=cfg.has_stop,
+    )
+    batched = cfg.net_batched or cfg.data_batched
+    if batched:
+        runs = net.runs if cfg.net_batched else data.runs
+
+        def tile(tree):
+            return jax.tree_util.tree_map(
+                lambda a: jnp.broadcast_to(a, (runs,) + a.shape), tree
+            )
+
+        net = net if cfg.net_batched else tile(net)
+        data = data if cfg.data_batched else tile(data)
+    return solve_events(net, data, t1, ts, rtol, atol, stop_loss, ecfg, batched)
+
+
+METHODS = ("auto", "events", "plain")
+
+
+def resolve_method(method: str, activation: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not allowed; allowed: {', '.join(METHODS)}.")
+    kinked = activation in ("relu", "leaky_relu")
+    if method == "auto":
+        return "events" if kinked else "plain"
+    return method
 
 
 def check_scalar(x, field: str, *, positive: bool):
@@ -220,6 +261,8 @@ def simulate(
     atol=None,
     stop_loss=None,
     max_steps: int = 100_000,
+    method: str = "auto",
+    max_sliding: int = 16,
 ) -> Trajectory:
     """Integrate the gradient flow d(theta)/dt = -grad L(theta) from ``net``'s weights.
 
@@ -244,6 +287,12 @@ def simulate(
     - ``rtol``, ``atol``: PID step-size control tolerances; ``atol`` defaults to ``rtol * 1e-3``.
     - ``stop_loss``: stop a run as soon as its loss falls below this value (per run).
     - ``max_steps``: step budget per run; a run that exhausts it ends with status ``max_steps``.
+    - ``method``: ``"auto"`` (default: ``"events"`` for ReLU and leaky-ReLU nets, ``"plain"``
+      otherwise), ``"events"`` (the exact piecewise-smooth flow through kinks and sliding modes,
+      :mod:`gfsim.kinks`; explicit solvers only) or ``"plain"`` (Diffrax's ``diffeqsolve`` on
+      the discontinuous field: it may stall where the flow slides).
+    - ``max_sliding``: how many (unit, point) pairs may slide at once under ``"events"``; a run
+      that needs more ends with status ``sliding_capacity``. Costs grow with it.
 
     **Returns:** a :class:`gfsim.Trajectory`.
     """
@@ -259,6 +308,14 @@ def simulate(
         check_scalar(stop_loss, "stop_loss", positive=False)
     if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps={max_steps!r} must be a positive integer.")
+    method = resolve_method(method, net.activation)
+    if method == "events" and not isinstance(solver, diffrax.AbstractERK):
+        raise ValueError(
+            f"solver={type(solver).__name__} cannot be used with method='events'; allowed: "
+            "explicit Runge-Kutta solvers (tsit5, dopri5, dopri8, bosh3) or method='plain'."
+        )
+    if not isinstance(max_sliding, (int, np.integer)) or max_sliding < 1:
+        raise ValueError(f"max_sliding={max_sliding!r} must be a positive integer.")
     if not isinstance(num_saves, int) or num_saves < 2:
         raise ValueError(f"num_saves={num_saves!r} must be an integer >= 2.")
     dtype = net.weights[0].dtype
@@ -285,6 +342,8 @@ def simulate(
         has_stop=stop_loss is not None,
         net_batched=net.is_batched,
         data_batched=data.is_batched,
+        method=method,
+        max_sliding=int(max_sliding),
     )
     ts, out = _run(net, data, t1, ts, rtol, atol, stop, cfg)
     return Trajectory(
@@ -293,7 +352,7 @@ def simulate(
         loss_name=loss,
         reduction=reduction,
         activation=net.activation,
-        method=f"gf:{type(solver).__name__.lower()}",
+        method=f"gf:{type(solver).__name__.lower()}" + ("+events" if method == "events" else ""),
     )
 
 

@@ -17,6 +17,7 @@ class Status(enum.IntEnum):
     MAX_STEPS = 2  # the step budget ran out before t1; later save slots hold NaN
     NONFINITE = 3  # the loss or its gradient became NaN/inf
     FAILED = 4  # any other solver failure (e.g. an implicit solver's root find)
+    SLIDING_CAPACITY = 5  # more pairs slid at once than max_sliding (raise it and rerun)
 
     @property
     def label(self) -> str:
@@ -39,6 +40,11 @@ class Trajectory(eqx.Module):
     - ``t_final``: the time the run ended (t1, or earlier: see ``status``).
     - ``status``: a :class:`Status` code per run.
     - ``num_steps``, ``num_accepted``, ``num_rejected``: solver step counts (for GD, steps taken).
+    - ``num_crossings``: activation-pattern changes the flow went through (a (unit, point) pair
+      whose pre-activation changed sign), counted by the event-driven ReLU solver; None otherwise.
+    - ``num_slides``: sliding episodes (a pair held on its kink by the Filippov flow).
+    - ``sliding``: which pairs slide at each save time: one boolean ``(T, n, width)`` per hidden
+      layer, or None.
     - ``loss_name``, ``reduction``, ``activation``, ``method``: how it was run (recorded so a
       result is never separated from its time convention).
     """
@@ -58,6 +64,9 @@ class Trajectory(eqx.Module):
     reduction: str = eqx.field(static=True)
     activation: str = eqx.field(static=True)
     method: str = eqx.field(static=True)
+    num_crossings: Int[Array, "*runs"] | None = None
+    num_slides: Int[Array, "*runs"] | None = None
+    sliding: tuple[Array, ...] | None = None
 
     @property
     def is_batched(self) -> bool:

@@ -1,0 +1,599 @@
+"""Exact gradient flow of ReLU nets through kinks and sliding modes.
+
+Inside an activation pattern (which units are on for which points) the gradient field of a
+ReLU net is smooth. gfsim integrates it with the pattern FROZEN (h = D z with D fixed), so a
+step never sees the discontinuity, and handles the pattern changes as events:
+
+- every (hidden unit, point) pair ``k`` that is not sliding carries the event function
+  ``s_k z_k`` (its pre-activation times its side); a step across a root is cut at the root,
+  located on the solver's dense output;
+- at a root the field on both sides decides: if both push the same way the pair crosses (its
+  side flips); if both push into the surface it SLIDES (the Filippov solution, the lr -> 0 limit
+  of gradient descent): the pair is held at z_k = 0;
+- while a set K of pairs slides, the field is the gradient projected onto the tangent space of
+  {z_K = 0}: F = -P grad L with P = I - J^T (J J^T)^-1 J, J = dz_K/dtheta. For a ReLU net the
+  Filippov field with generalized derivatives lambda_k in [0, 1] differs from -grad L only along
+  the rows of J, so the sliding condition dz_K/dt = 0 picks exactly this projection, at any
+  depth. The multipliers lambda_k = m_k / c_k (m the projection coefficients, c_k = dL/dh_k)
+  are monitored: a pair leaves the surface, on the side lambda points to, when lambda_k reaches
+  0 or 1;
+- after every accepted sliding step the state is projected back onto {z_K = 0} (one
+  Gauss-Newton step), so drift off the surface stays at round-off. The projection moves along
+  rows of J, which are orthogonal to the per-neuron rescalings, so balancedness invariants move
+  only at second order.
+
+The batch is advanced in one loop over all runs; the costly branches (event location, the
+projection) run only on iterations where some run needs them, so runs with different event
+counts do not serialise the batch. Reverse-mode gradients go through the checkpointed loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import diffrax
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+
+from .losses import loss_value
+from .trajectory import Status
+
+_ILLINOIS_ITERS = 30
+# A sliding pair is released when lambda leaves [off - slack, 1 + slack] (times 1 - off), and
+# a pair reaching its kink slides when neither side pushes it away by more than _GRAZE of the
+# rates. The hysteresis stops grazing exits (lambda touching a bound and returning) from
+# cycling between release and capture; it perturbs the flow only at second order in slack.
+_LAMBDA_SLACK = 1e-7
+_GRAZE = 1e-9
+# A free pair's crossing fires at side * z = -_Z_SLACK * |w_u| |h_i| (not at 0): the landing is
+# then past the kink by more than round-off, so the flipped side starts strictly positive, and
+# a pair that grazes its kink right after a change is found on its way back.
+_Z_SLACK = 1e-13
+
+
+@dataclasses.dataclass(frozen=True)
+class EventConfig:
+    """Static settings of the event-driven solve (part of the compile key)."""
+
+    loss: str
+    reduction: str
+    solver: diffrax.AbstractSolver
+    max_steps: int
+    max_sliding: int
+    has_stop: bool
+
+
+def _parts(net):
+    params, skeleton = eqx.partition(net, eqx.is_array)
+    theta, unravel = jax.flatten_util.ravel_pytree(params)
+    return theta, unravel, skeleton
+
+
+class _Model:
+    """Frozen-pattern forward pass and its derivatives for one (unbatched) net structure."""
+
+    def __init__(self, net, cfg: EventConfig, unravel, skeleton):
+        self.unravel = unravel
+        self.skeleton = skeleton
+        self.cfg = cfg
+        self.hidden = tuple(w.shape[-2] for w in net.weights[:-1])
+        self.hsum = sum(self.hidden)
+        self.off = float(net.negative_slope) if net.activation == "leaky_relu" else 0.0
+
+    def layers(self, theta):
+        net = eqx.combine(self.unravel(theta), self.skeleton)
+        return net.weights, net.biases
+
+    def forward(self, theta, X, D, E=None):
+        """Outputs and hidden pre-activations (n, hsum) with the pattern frozen: h = D * z
+        (D: (n, hsum) slopes). ``E`` (n, hsum) is added to h (to read off dL/dh)."""
+        ws, bs = self.layers(theta)
+        h, zs, start = X, [], 0
+        for j, w in enumerate(ws):
+            z = h @ w.T
+            if bs is not None:
+                z = z + bs[j]
+            if j == len(ws) - 1:
+                out = z
+                break
+            width = self.hidden[j]
+            zs.append(z)
+            h = D[..., start:start + width] * z
+            if E is not None:
+                h = h + E[..., start:start + width]
+            start += width
+        return out, jnp.concatenate(zs, axis=-1)
+
+    def loss(self, theta, data, D, E=None):
+        out, _ = self.forward(theta, data.X, D, E)
+        return loss_value(self.cfg.loss, self.cfg.reduction, out, data.Y, data.mask)
+
+    def zflat(self, theta, data, D):
+        return self.forward(theta, data.X, D)[1].reshape(-1)
+
+    def zscale(self, theta, data, D):
+        """|w_u| |h_i| (+ |b_u|) per pair: the natural size of each pre-activation."""
+        ws, bs = self.layers(theta)
+        h, out = data.X, []
+        for j, w in enumerate(ws[:-1]):
+            s = jnp.linalg.norm(h, axis=-1)[:, None] * jnp.linalg.norm(w, axis=-1)[None, :]
+            if bs is not None:
+                s = s + jnp.abs(bs[j])
+            out.append(s)
+            start = sum(self.hidden[:j])
+            z = h @ w.T + (0.0 if bs is None else bs[j])
+            h = D[..., start:start + self.hidden[j]] * z
+        return jnp.concatenate(out, axis=-1).reshape(-1)
+
+    def grad_and_c(self, theta, data, D):
+        """grad_theta L and c = dL/dh per pair (flat), pattern frozen at D."""
+        E = jnp.zeros(D.shape, theta.dtype)
+        g, c = jax.grad(self.loss, argnums=(0, 3))(theta, data, D, E)
+        return g, c.reshape(-1)
+
+    def jac_rows(self, theta, data, D, idx, valid):
+        """Rows d z_k / d theta for the pairs idx (flat pair index = point * hsum + unit)."""
+        point, unit = idx // self.hsum, idx % self.hsum
+
+        def row(i, u):
+            f = lambda th: self.forward(th, data.X[i][None], D[i][None])[1][0, u]  # noqa: E731
+            return jax.grad(f)(theta)
+
+        rows = jax.vmap(row)(point, unit)
+        return jnp.where(valid[:, None], rows, 0.0)
+
+
+def _solve_gram(J, valid, rhs):
+    G = J @ J.T
+    scale = jnp.maximum(jnp.max(jnp.diag(G)), jnp.finfo(J.dtype).tiny)
+    G = G + jnp.diag(jnp.where(valid, 1e-13 * scale, 1.0))
+    return jnp.linalg.solve(G, rhs)
+
+
+class _Lane:
+    """Everything the loop needs for one run, closed over its data."""
+
+    def __init__(self, model: _Model, data, pattern_off):
+        self.m = model
+        self.data = data
+        self.off = pattern_off
+
+    def slopes(self, on, held):
+        d = jnp.where(on & ~held, 1.0, self.off)
+        return d.reshape(-1, self.m.hsum)
+
+    def held_slots(self, held):
+        K = self.m.cfg.max_sliding
+        (idx,) = jnp.nonzero(held, size=K, fill_value=0)
+        valid = jnp.arange(K) < jnp.sum(held)
+        return idx, valid
+
+    def field(self, theta, on, held, project: bool):
+        """The (possibly sliding) field and the multipliers lambda of the held pairs."""
+        D = self.slopes(on, held)
+        g, c = self.m.grad_and_c(theta, self.data, D)
+        F = -g
+        if not project:
+            return F, None
+        idx, valid = self.held_slots(held)
+        J = self.m.jac_rows(theta, self.data, D, idx, valid)
+        mcoef = _solve_gram(J, valid, J @ F)
+        F = F - J.T @ mcoef
+        ck = c[idx]
+        lam = self.off + mcoef * ck / (ck * ck + jnp.finfo(ck.dtype).tiny)
+        lam_full = jnp.zeros(held.shape, F.dtype).at[idx].add(jnp.where(valid, lam, 0.0))
+        return F, lam_full
+
+    def events(self, theta, on, held, project: bool):
+        """Event functions, all >= 0 while nothing happens: side * z for free pairs,
+        lambda - off and 1 - lambda for held ones (+inf where not applicable)."""
+        D = self.slopes(on, held)
+        z = self.m.zflat(theta, self.data, D)
+        side = jnp.where(on, 1.0, -1.0)
+        slack = _Z_SLACK * jax.lax.stop_gradient(self.m.zscale(theta, self.data, D))
+        cross = jnp.where(held, jnp.inf, side * z + slack)
+        if project:
+            _, lam = self.field(theta, on, held, True)
+            ls = _LAMBDA_SLACK * (1.0 - self.off)
+            lo = jnp.where(held, lam - self.off + ls, jnp.inf)
+            hi = jnp.where(held, 1.0 - lam + ls, jnp.inf)
+        else:
+            lo = hi = jnp.full(z.shape, jnp.inf, z.dtype)
+        return jnp.concatenate([cross, lo, hi])
+
+    def project(self, theta, on, held):
+        D = self.slopes(on, held)
+        idx, valid = self.held_slots(held)
+        for _ in range(2):
+            z = self.m.zflat(theta, self.data, D)[idx]
+            J = self.m.jac_rows(theta, self.data, D, idx, valid)
+            theta = theta - J.T @ _solve_gram(J, valid, jnp.where(valid, z, 0.0))
+        return theta
+
+    def decide(self, theta, on, held, hit):
+        """For the pairs ``hit`` that reached their kink: cross (flip side) or slide (hold)."""
+        P = held.shape[0]
+        zfun = lambda th: self.m.zflat(th, self.data, self.slopes(on, held))  # noqa: E731
+
+        def rate(side_on):
+            on2 = jnp.where(hit, side_on, on)
+            F, _ = self.field(theta, on2, held, True)
+            return jax.jvp(zfun, (theta,), (F,))[1]
+
+        a = rate(jnp.zeros(P, bool))  # dz/dt with the hit pairs off
+        b = rate(jnp.ones(P, bool))  # ... and on
+        tol = _GRAZE * (jnp.abs(a) + jnp.abs(b))
+        slide = hit & (a >= -tol) & (b <= tol)
+        new_on = jnp.where(hit & ~slide, a + b > 0, on)
+        return new_on, held | slide, slide
+
+
+def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, batched: bool):
+    """Event-driven solve of a batch (leading run axis on net and data when ``batched``)."""
+    single = net if not batched else jax.tree_util.tree_map(lambda a: a[0], net)
+    _, unravel, skeleton = _parts(single)
+    model = _Model(single, cfg, unravel, skeleton)
+    if batched:
+        theta0 = jax.vmap(lambda n: _parts(n)[0])(net)
+    else:
+        theta0 = _parts(net)[0][None]
+        data = jax.tree_util.tree_map(lambda a: a[None], data)
+    R, p = theta0.shape
+    n = data.X.shape[1]
+    P = n * model.hsum
+    S = ts.shape[0]
+    dtype = theta0.dtype
+    solver = cfg.solver
+    order = solver.order(diffrax.ODETerm(lambda t, y, a: y))
+    K = cfg.max_sliding
+
+    def lane(d):
+        return _Lane(model, d, model.off)
+
+    def vm(fn, *args):
+        return jax.vmap(fn)(*args)
+
+    # -- initial pattern and initial kinks --------------------------------------------------
+    def init_one(theta, d):
+        net1 = eqx.combine(unravel(theta), skeleton)
+        z = jnp.concatenate(net1.preactivations(d.X)[:-1], axis=-1).reshape(-1)
+        return z > 0, z == 0
+
+    on0, at0 = vm(init_one, theta0, data)
+    held0 = jnp.zeros((R, P), bool)
+
+    def decide_all(theta, on, held, hit):
+        return vm(lambda th, o, h, k, d: lane(d).decide(th, o, h, k), theta, on, held, hit, data)
+
+    on0, held0, _ = jax.lax.cond(
+        jnp.any(at0), decide_all, lambda th, o, h, k: (o, h, jnp.zeros_like(h)), theta0, on0,
+        held0, at0,
+    )
+    theta0 = jax.lax.cond(
+        jnp.any(held0),
+        lambda th: vm(lambda t_, o, h, d: lane(d).project(t_, o, h), th, on0, held0, data),
+        lambda th: th,
+        theta0,
+    )
+
+    def ev_all(theta, on, held, project):
+        return vm(lambda th, o, h, d: lane(d).events(th, o, h, project), theta, on, held, data)
+
+    def events_any(theta, on, held):
+        return jax.lax.cond(
+            jnp.any(held),
+            lambda: ev_all(theta, on, held, True),
+            lambda: ev_all(theta, on, held, False),
+        )
+
+    # Event values are kept with a per-pair offset: a pair that sits a hair on the wrong side
+    # right after a change (a bounce off its kink) starts its next search strictly positive.
+    def rebase(raw):
+        off = jnp.where(raw < 0, -2.0 * raw, 0.0)
+        return raw + off, off
+
+    E0, Eoff0 = rebase(events_any(theta0, on0, held0))
+
+    # -- initial step size (Hairer's heuristic, first half) ---------------------------------
+    def f0_one(theta, o, h, d):
+        return lane(d).field(theta, o, h, True)[0]
+
+    F0 = vm(f0_one, theta0, on0, held0, data)
+    scale0 = atol + rtol * jnp.abs(theta0)
+    d0 = jnp.sqrt(jnp.mean((theta0 / scale0) ** 2, axis=1))
+    d1 = jnp.sqrt(jnp.mean((F0 / scale0) ** 2, axis=1))
+    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.maximum(d1, 1e-300))
+    h0 = jnp.minimum(h0, t1)
+
+    zeros_R = jnp.zeros((R,), jnp.int32)
+    saves0 = jnp.full((R, S, p), jnp.nan, dtype)
+    saves0 = jnp.where((ts == 0)[None, :, None], theta0[:, None, :], saves0)
+    sheld0 = jnp.where((ts == 0)[None, :, None], held0[:, None, :], False)
+    dummy = diffrax.ODETerm(lambda t, y, a: y)
+    fsal0 = jax.vmap(lambda th: solver.init(dummy, 0.0, 1.0, th, None))(theta0)
+
+    state0 = dict(
+        t=jnp.zeros((R,), dtype),
+        y=theta0,
+        h=h0,
+        on=on0,
+        held=held0,
+        E=E0,
+        Eoff=Eoff0,
+        jump=jnp.ones((R,), bool),
+        done=jnp.zeros((R,), bool),
+        status=zeros_R + int(Status.REACHED_T1),
+        steps=zeros_R,
+        accepted=zeros_R,
+        rejected=zeros_R,
+        crossings=zeros_R,
+        slides=jnp.sum(held0, axis=1).astype(jnp.int32),
+        saves=saves0,
+        sheld=sheld0,
+        fsal=fsal0,
+    )
+
+    def step_one(y, t, h, on, held, jump, fsal, d, project):
+        ln = lane(d)
+        term = diffrax.ODETerm(lambda t_, y_, a: ln.field(y_, on, held, project)[0])
+        t_next = jnp.minimum(t + h, t1)
+        # made_jump after a pattern change or a projection: the first stage is re-evaluated
+        # (Diffrax does that for the whole batch if any run needs it).
+        y1, yerr, dense, fsal1, _ = solver.step(term, t, t_next, y, None, fsal, jump)
+        sc = atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y1))
+        err = jnp.sqrt(jnp.mean((yerr / sc) ** 2))
+        ok = jnp.isfinite(err) & (err <= 1.0) & jnp.all(jnp.isfinite(y1))
+        return y1, t_next, err, ok, dense, fsal1
+
+    def body(s):
+        active = ~s["done"]
+        proj = jnp.any(s["held"] & active[:, None])
+
+        def do_step(project):
+            return vm(
+                lambda y, t, h, o, hl, j, f, d: step_one(y, t, h, o, hl, j, f, d, project),
+                s["y"], s["t"], s["h"], s["on"], s["held"], s["jump"], s["fsal"], data,
+            )
+
+        y1, t_next, err, ok, dense, fsal1 = jax.lax.cond(
+            proj, lambda: do_step(True), lambda: do_step(False)
+        )
+        ok = ok & active
+        E1 = events_any(y1, s["on"], s["held"]) + s["Eoff"]
+        trig = (E1 < 0) & (E1 < s["E"]) & ok[:, None]
+        has_ev = jnp.any(trig, axis=1)
+
+        def interp(t0_, t1_, dn, tq):
+            return solver.interpolation_cls(t0=t0_, t1=t1_, **dn).evaluate(tq)
+
+        def locate():
+            # Illinois on phi(tau) = min over triggered functions, along the dense output.
+            def phi(tau, t0_, t1_, dn, on, held, d, tr, off):
+                y = interp(t0_, t1_, dn, t0_ + tau * (t1_ - t0_))
+                e = lane(d).events(y, on, held, True) + off
+                return jnp.min(jnp.where(tr, e, jnp.inf))
+
+            def one(t0_, t1_, dn, on, held, d, tr, Ea, off):
+                fa = jnp.min(jnp.where(tr, Ea, jnp.inf))
+                fa = jnp.where(jnp.isfinite(fa), fa, 0.0)
+                fb = phi(1.0, t0_, t1_, dn, on, held, d, tr, off)
+
+                def it(_, c):
+                    a, b, fa, fb, side = c
+                    x = (a * fb - b * fa) / (fb - fa)
+                    x = jnp.where(jnp.isfinite(x) & (x > a) & (x < b), x, 0.5 * (a + b))
+                    fx = phi(x, t0_, t1_, dn, on, held, d, tr, off)
+                    neg = fx < 0
+                    # Illinois: halve the retained end's value when the same end stays twice
+                    fa2 = jnp.where(neg, jnp.where(side == 1, fa * 0.5, fa), fx)
+                    fb2 = jnp.where(neg, fx, jnp.where(side == -1, fb * 0.5, fb))
+                    a2 = jnp.where(neg, a, x)
+                    b2 = jnp.where(neg, x, b)
+                    side2 = jnp.where(neg, 1, -1)
+                    return a2, b2, fa2, fb2, side2
+
+                start = (jnp.zeros((), dtype), jnp.ones((), dtype), fa, fb, jnp.zeros((), int))
+                a, b, *_ = jax.lax.fori_loop(0, _ILLINOIS_ITERS, it, start)
+                b = jnp.where(fa < 0, 0.0, b)
+                return b
+
+            return vm(
+                one, s["t"], t_next, dense, s["on"], s["held"], data, trig, s["E"], s["Eoff"]
+            )
+
+        tau = jax.lax.cond(jnp.any(has_ev), locate, lambda: jnp.ones((R,), dtype))
+        tau = jnp.where(has_ev, tau, 1.0)
+        t_end = jnp.where(has_ev, s["t"] + tau * (t_next - s["t"]), t_next)
+        y_end = jax.lax.cond(
+            jnp.any(has_ev),
+            lambda: jnp.where(
+                has_ev[:, None], vm(interp, s["t"], t_next, dense, t_end), y1
+            ),
+            lambda: y1,
+        )
+
+        # -- pattern changes at the event --------------------------------------------------
+        def apply_events():
+            def one(y, on, held, tr, d, off):
+                ln = lane(d)
+                e = ln.events(y, on, held, True) + off
+                fired = tr & (e < 0)
+                fired = fired | (tr & ~jnp.any(fired))  # at least the triggering ones
+                cross_hit = fired[:P]
+                lo_hit = fired[P:2 * P]
+                hi_hit = fired[2 * P:]
+                # leaving a sliding surface: to the side lambda points to
+                released = held & (lo_hit | hi_hit)
+                held2 = held & ~released
+                on2 = jnp.where(released, hi_hit, on)
+                on3, held3, slid = ln.decide(y, on2, held2, cross_hit & ~held)
+                crossed = cross_hit & ~held & ~slid
+                y2 = jax.lax.cond(jnp.any(held3), lambda: ln.project(y, on3, held3), lambda: y)
+                count = lambda m: jnp.sum(m).astype(jnp.int32)  # noqa: E731
+                return y2, on3, held3, count(crossed), count(slid)
+
+            return vm(one, y_end, s["on"], s["held"], trig, data, s["Eoff"])
+
+        y_new, on_new, held_new, n_cross, n_slide = jax.lax.cond(
+            jnp.any(has_ev),
+            apply_events,
+            lambda: (y_end, s["on"], s["held"], zeros_R, zeros_R),
+        )
+        y_new = jnp.where(has_ev[:, None], y_new, y_end)
+        on_new = jnp.where(has_ev[:, None], on_new, s["on"])
+        held_new = jnp.where(has_ev[:, None], held_new, s["held"])
+        # drift control while sliding: back onto {z_K = 0} after every accepted step
+        still = ok & ~has_ev & jnp.any(s["held"], axis=1)
+        y_new = jax.lax.cond(
+            jnp.any(still),
+            lambda: jnp.where(
+                still[:, None],
+                vm(lambda y, o, hl, d: lane(d).project(y, o, hl), y_new, on_new, held_new, data),
+                y_new,
+            ),
+            lambda: y_new,
+        )
+        raw_new = jax.lax.cond(
+            jnp.any(has_ev | still),
+            lambda: events_any(y_new, on_new, held_new),
+            lambda: E1 - s["Eoff"],
+        )
+        E_reb, off_reb = rebase(raw_new)
+        off_new = jnp.where(has_ev[:, None], off_reb, s["Eoff"])
+        E_new = jnp.where(has_ev[:, None], E_reb, raw_new + s["Eoff"])
+
+        # -- saves in (t, t_end] from the dense output -------------------------------------
+        in_step = (ts[None, :] > s["t"][:, None]) & (ts[None, :] <= t_end[:, None]) & ok[:, None]
+
+        def save_vals():
+            return vm(
+                lambda t0_, t1_, dn: jax.vmap(lambda tq: interp(t0_, t1_, dn, tq))(
+                    jnp.clip(ts, t0_, t1_)
+                ),
+                s["t"], t_next, dense,
+            )
+
+        vals = jax.lax.cond(jnp.any(in_step), save_vals, lambda: s["saves"])
+        saves = jnp.where(in_step[:, :, None], vals, s["saves"])
+        # the state after an event belongs to the new pattern: an exact hit on t_end saves it
+        at_end = (ts[None, :] == t_end[:, None]) & ok[:, None]
+        saves = jnp.where(at_end[:, :, None], y_new[:, None, :], saves)
+        sheld = jnp.where(in_step[:, :, None], s["held"][:, None, :], s["sheld"])
+
+        # -- step size ----------------------------------------------------------------------
+        safe_err = jnp.where(jnp.isfinite(err), err, jnp.inf)
+        fac = 0.9 * jnp.maximum(safe_err, 1e-10) ** (-1.0 / order)
+        fac = jnp.where(ok, jnp.clip(fac, 0.2, 10.0), jnp.clip(fac, 0.1, 0.9))
+        fac = jnp.where(jnp.isfinite(fac), fac, 0.1)
+        h_new = jnp.where(active, s["h"] * fac, s["h"])
+
+        t_new = jnp.where(ok, t_end, s["t"])
+        y_keep = jnp.where(ok[:, None], y_new, s["y"])
+        on_keep = jnp.where(ok[:, None], on_new, s["on"])
+        held_keep = jnp.where(ok[:, None], held_new, s["held"])
+        E_keep = jnp.where(ok[:, None], E_new, s["E"])
+        Eoff_keep = jnp.where(ok[:, None], off_new, s["Eoff"])
+
+        steps = s["steps"] + active
+        done = s["done"] | (ok & (t_new >= t1))
+        status = s["status"]
+        overflow = jnp.sum(held_keep, axis=1) > K
+        status = jnp.where(active & overflow, int(Status.SLIDING_CAPACITY), status)
+        nonfinite = active & ~jnp.isfinite(err) & (s["h"] * fac < 1e-14 * jnp.maximum(t1, 1.0))
+        status = jnp.where(nonfinite, int(Status.NONFINITE), status)
+        if cfg.has_stop:
+            lval = vm(
+                lambda y, o, hl, d: model.loss(y, d, lane(d).slopes(o, hl)),
+                y_keep, on_keep, held_keep, data,
+            )
+            hit_stop = active & ok & (lval < stop_loss) & ~done
+            status = jnp.where(hit_stop, int(Status.STOP_LOSS), status)
+            done = done | hit_stop
+        done = done | (active & (overflow | nonfinite))
+        exhausted = active & ~done & (steps >= cfg.max_steps)
+        status = jnp.where(exhausted, int(Status.MAX_STEPS), status)
+        done = done | exhausted
+        return dict(
+            t=t_new,
+            y=y_keep,
+            h=h_new,
+            on=on_keep,
+            held=held_keep,
+            E=E_keep,
+            Eoff=Eoff_keep,
+            jump=jnp.where(ok, has_ev | still, s["jump"]),
+            fsal=jax.tree_util.tree_map(
+                lambda a, b: jnp.where(ok.reshape((R,) + (1,) * (a.ndim - 1)), a, b),
+                fsal1, s["fsal"],
+            ),
+            done=done,
+            status=status,
+            steps=steps,
+            accepted=s["accepted"] + ok,
+            rejected=s["rejected"] + (active & ~ok),
+            crossings=s["crossings"] + jnp.where(ok, n_cross, 0),
+            slides=s["slides"] + jnp.where(ok, n_slide, 0),
+            saves=saves,
+            sheld=sheld,
+        )
+
+    final = eqxi.while_loop(
+        lambda s: ~jnp.all(s["done"]),
+        body,
+        state0,
+        max_steps=cfg.max_steps + 1,
+        kind="checkpointed",
+    )
+
+    def finish(theta, ys, on, held, d):
+        D = lane(d).slopes(on, held)
+        losses = jax.vmap(lambda y: _true_loss(model, y, d))(ys)
+        fl = _true_loss(model, theta, d)
+        g = jax.grad(model.loss)(theta, d, D)
+        return losses, fl, jnp.isfinite(fl) & jnp.all(jnp.isfinite(g))
+
+    losses, final_loss, finite = vm(
+        finish, final["y"], final["saves"], final["on"], final["held"], data
+    )
+    status = jnp.where(finite, final["status"], int(Status.NONFINITE)).astype(jnp.int32)
+    saved = jax.vmap(jax.vmap(unravel))(final["saves"])
+    fin = jax.vmap(unravel)(final["y"])
+    saved_net = eqx.combine(saved, skeleton)
+    final_net = eqx.combine(fin, skeleton)
+    sliding = _split_pairs(final["sheld"], n, model.hidden)
+    out = dict(
+        loss=losses,
+        weights=saved_net.weights,
+        biases=saved_net.biases,
+        final_weights=final_net.weights,
+        final_loss=final_loss,
+        t_final=final["t"],
+        status=status,
+        num_steps=final["steps"],
+        num_accepted=final["accepted"],
+        num_rejected=final["rejected"],
+        num_crossings=final["crossings"],
+        num_slides=final["slides"],
+        sliding=sliding,
+    )
+    if not batched:
+        out = jax.tree_util.tree_map(lambda a: a[0], out)
+    return out
+
+
+def _true_loss(model: _Model, theta, d):
+    net = eqx.combine(model.unravel(theta), model.skeleton)
+    return loss_value(model.cfg.loss, model.cfg.reduction, net(d.X), d.Y, d.mask)
+
+
+def _split_pairs(flags, n, hidden):
+    """(..., n * hsum) pair flags -> one (..., n, width) array per hidden layer."""
+    f = flags.reshape(flags.shape[:-1] + (n, sum(hidden)))
+    out, start = [], 0
+    for w in hidden:
+        out.append(f[..., start:start + w])
+        start += w
+    return tuple(out)

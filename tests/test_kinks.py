@@ -1,0 +1,177 @@
+"""The exact ReLU flow through kinks and sliding modes (gfsim.kinks, method="events")."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import flat
+
+import gfsim
+from gfsim import Status
+from gfsim import analysis as A
+
+
+def _flat_final(tr):
+    lead = tr.final_weights[0].shape[:-2]
+    return np.concatenate([np.asarray(w).reshape(lead + (-1,)) for w in tr.final_weights], -1)
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+# -- a case solved by hand ---------------------------------------------------------------------
+
+PHI = np.pi / 3
+
+
+def _single_unit(beta0=0.3):
+    """One ReLU unit f(x) = a relu(w.x), x1 = e1 (target 1), x2 at 60 degrees (target -1),
+    started balanced (a = |w|) with w orthogonal to x2. Point 1 pulls the unit on, point 2
+    pushes it off: z2 = w.x2 stays at 0 (sliding) and the flow is a scalar two-layer flow with
+    input sin(phi). With q = a^2 = |w|^2 and the sum loss: dq/dt = 2 s q (1 - s q), a logistic
+    curve towards 1/s."""
+    x1 = np.array([1.0, 0.0])
+    x2 = np.array([np.cos(PHI), np.sin(PHI)])
+    u = np.array([np.sin(PHI), -np.cos(PHI)])
+    net = gfsim.MLP.from_weights([(beta0 * u)[None, :], np.array([[beta0]])])
+    data = gfsim.Dataset(np.stack([x1, x2]), np.array([[1.0], [-1.0]]))
+    return net, data, x2
+
+
+def test_single_unit_slides_along_its_kink_closed_form():
+    net, data, x2 = _single_unit()
+    ts = np.linspace(0.0, 5.0, 11)
+    tr = gfsim.simulate(net, data, 5.0, ts=ts, reduction="sum", rtol=1e-10)
+    assert int(tr.status) == Status.REACHED_T1
+    s = np.sin(PHI)
+    q0, K, r = 0.09, 1.0 / s, 2.0 * s
+    q = K / (1.0 + (K / q0 - 1.0) * np.exp(-r * ts))
+    a = np.asarray(tr.weights[1][:, 0, 0])
+    w = np.asarray(tr.weights[0][:, 0, :])
+    np.testing.assert_allclose(a * a, q, rtol=1e-8)
+    np.testing.assert_allclose(np.sum(w * w, axis=1), q, rtol=1e-8)  # balanced throughout
+    assert np.max(np.abs(w @ x2)) < 1e-12  # held on the kink
+    assert q[-1] > 10 * q0  # and the flow moved far along it
+    # the trajectory says which pair slides: point 2 of the unit, at every time after 0
+    assert int(tr.num_slides) == 1 and int(tr.num_crossings) == 0
+    slid = np.asarray(tr.sliding[0])[:, :, 0]  # (T, n)
+    assert not slid[1:, 0].any() and slid[1:, 1].all()
+    np.testing.assert_array_equal(A.sliding_counts(tr)[0][1:], 1)
+    # the plain solver chatters across the kink instead
+    plain = gfsim.simulate(net, data, 5.0, ts=ts, reduction="sum", rtol=1e-10, method="plain",
+                           max_steps=5000)
+    assert int(plain.status) == Status.MAX_STEPS or int(plain.num_steps) > 10 * int(tr.num_steps)
+
+
+def test_sliding_capacity_is_a_status():
+    net, data, _ = _single_unit()
+    # two copies of the sliding point: two pairs slide at once, one slot allowed
+    data2 = gfsim.Dataset(np.concatenate([data.X, data.X[1:]]), np.concatenate([data.Y,
+                                                                               data.Y[1:]]))
+    tr = gfsim.simulate(net, data2, 1.0, reduction="sum", max_sliding=1)
+    assert tr.status_labels().tolist() == "sliding_capacity"
+    with pytest.raises(ValueError, match="max_sliding"):
+        gfsim.simulate(net, data, 1.0, max_sliding=0)
+    with pytest.raises(ValueError, match="method="):
+        gfsim.simulate(net, data, 1.0, method="exact")
+    with pytest.raises(ValueError, match="explicit Runge-Kutta"):
+        gfsim.simulate(net, data, 1.0, solver="kvaerno5", method="events")
+
+
+# -- the issue's depth-2 case --------------------------------------------------------------------
+
+
+def _case1(runs=None):
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    X = jax.random.normal(k1, (6, 5))
+    Y = jax.random.normal(k2, (6, 2))
+    net = gfsim.MLP((5, 8, 2), init="gaussian", key=k3, runs=runs)
+    return net, gfsim.Dataset(X, Y)
+
+
+CASE1 = dict(reduction="sum", num_saves=16)
+
+
+def test_depth2_case_tolerances_agree_and_match_gd_limit():
+    net, data = _case1()
+    fine = gfsim.simulate(net, data, 10.0, rtol=1e-10, **CASE1)
+    coarse = gfsim.simulate(net, data, 10.0, rtol=1e-8, **CASE1)
+    assert int(fine.status) == int(coarse.status) == Status.REACHED_T1
+    assert int(fine.num_slides) >= 1  # the case slides (plain Tsit5 stalls on it)
+    ref = _flat_final(fine)
+    assert _rel(_flat_final(coarse), ref) <= 1e-7
+    # lr -> 0 limit of gradient descent: Richardson extrapolation of two step sizes
+    gd = {}
+    for lr in (2.5e-5, 1.25e-5):
+        steps = int(round(10.0 / lr))
+        gd[lr] = _flat_final(gfsim.gd(net, data, lr, steps, reduction="sum",
+                                      save_steps=[0, steps]))
+    rich = 2 * gd[1.25e-5] - gd[2.5e-5]
+    assert _rel(rich, ref) <= 3e-5
+    assert _rel(gd[2.5e-5], ref) > _rel(rich, ref)  # extrapolation helped: a real comparison
+
+
+def test_depth2_case_64_seeds_reach_t1_and_agree_across_tolerances():
+    net, data = _case1(runs=64)
+    fine = gfsim.simulate(net, data, 10.0, rtol=1e-10, **CASE1)
+    coarse = gfsim.simulate(net, data, 10.0, rtol=1e-8, **CASE1)
+    assert np.all(np.asarray(fine.status) == Status.REACHED_T1)
+    assert np.all(np.asarray(coarse.status) == Status.REACHED_T1)
+    assert np.max(_rel(_flat_final(coarse), _flat_final(fine))) <= 1e-7
+    assert np.sum(np.asarray(fine.num_slides) > 0) >= 32  # most seeds slide at some point
+    # the single-run solve of seed 0 is the batch's lane 0
+    one = gfsim.simulate(net[0], data, 10.0, rtol=1e-10, **CASE1)
+    np.testing.assert_allclose(_flat_final(one), _flat_final(fine)[0], rtol=1e-9, atol=1e-12)
+
+
+# -- the issue's depth-4 case --------------------------------------------------------------------
+
+
+def test_depth4_case_conserves_balance_and_converges():
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
+    X = jax.random.normal(k1, (8, 5))
+    X = X / jnp.linalg.norm(X, axis=1, keepdims=True)
+    teacher = gfsim.MLP((5, 3, 2), init="gaussian", key=k2)
+    data = gfsim.Dataset(X, teacher(X))
+    net = gfsim.MLP((5, 16, 16, 16, 2), init="gaussian", scale=0.5, key=k3)
+    tr = gfsim.simulate(net, data, 300.0, reduction="sum", rtol=1e-10, num_saves=16,
+                        max_sliding=32)
+    assert int(tr.status) == Status.REACHED_T1
+    assert float(tr.final_loss) < 1e-6
+    assert int(tr.num_slides) > 10 and int(tr.num_crossings) > 10
+    drift = max(float(np.max(np.abs(b - b[0]))) for b in A.neuron_balance(tr.weights))
+    assert drift <= 1e-9
+
+
+# -- crossings without sliding, and gradients --------------------------------------------------
+
+
+def test_crossing_only_run_matches_plain_solver():
+    # the paper's pair with the disk init: units cross kinks but none slides
+    data = gfsim.data.paper_pair()
+    net = gfsim.MLP((2, 2, 2), init="disk", key=jax.random.key(3), runs=8)
+    kw = dict(rtol=1e-11, num_saves=8)
+    ev = gfsim.simulate(net, data, 300.0, **kw)
+    pl = gfsim.simulate(net, data, 300.0, method="plain", **kw)
+    assert np.all(np.asarray(ev.num_slides) == 0)
+    assert np.all(np.asarray(ev.status) == Status.REACHED_T1)
+    assert np.all(np.asarray(pl.status) == Status.REACHED_T1)
+    err = _rel(np.asarray(flat(ev.weights)), np.asarray(flat(pl.weights)))
+    assert np.nanmax(err) <= 1e-7
+    assert ev.method.endswith("+events") and pl.method == "gf:tsit5"
+
+
+def test_gradient_through_crossings_and_slides_matches_finite_differences():
+    net, data = _case1()
+
+    def final_loss(Y):
+        tr = gfsim.simulate(net, gfsim.Dataset(data.X, Y), 3.0, rtol=1e-11, **CASE1)
+        return tr.final_loss, tr.num_slides
+
+    (val, slides), g = jax.value_and_grad(final_loss, has_aux=True)(data.Y)
+    assert int(slides) >= 1
+    d = jax.random.normal(jax.random.PRNGKey(5), data.Y.shape)
+    eps = 1e-5
+    fd = (final_loss(data.Y + eps * d)[0] - final_loss(data.Y - eps * d)[0]) / (2 * eps)
+    np.testing.assert_allclose(float(jnp.sum(g * d)), float(fd), rtol=1e-6)
