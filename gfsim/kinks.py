@@ -42,6 +42,7 @@ from .losses import loss_value
 from .trajectory import Status
 
 _ILLINOIS_ITERS = 30
+_LOOP_KIND = "checkpointed"
 # A sliding pair is released when lambda leaves [off - slack, 1 + slack] (times 1 - off), and
 # a pair reaching its kink slides when neither side pushes it away by more than _GRAZE of the
 # rates. The hysteresis stops grazing exits (lambda touching a bound and returning) from
@@ -333,13 +334,15 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         slides=jnp.sum(held0, axis=1).astype(jnp.int32),
         saves=saves0,
         sheld=sheld0,
+        si=jnp.full((R,), jnp.sum(ts <= 0), jnp.int32),
         fsal=fsal0,
     )
 
-    def step_one(y, t, h, on, held, jump, fsal, d, project):
+    def step_one(y, t, h, on, held, jump, fsal, si, d, project):
         ln = lane(d)
         term = diffrax.ODETerm(lambda t_, y_, a: ln.field(y_, on, held, project)[0])
         t_next = jnp.minimum(t + h, t1)
+        t_next = jnp.where(si + 1 < S, jnp.minimum(t_next, ts[jnp.minimum(si + 1, S - 1)]), t_next)
         # made_jump after a pattern change or a projection: the first stage is re-evaluated
         # (Diffrax does that for the whole batch if any run needs it).
         y1, yerr, dense, fsal1, _ = solver.step(term, t, t_next, y, None, fsal, jump)
@@ -354,8 +357,8 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
 
         def do_step(project):
             return vm(
-                lambda y, t, h, o, hl, j, f, d: step_one(y, t, h, o, hl, j, f, d, project),
-                s["y"], s["t"], s["h"], s["on"], s["held"], s["jump"], s["fsal"], data,
+                lambda y, t, h, o, hl, j, f, i, d: step_one(y, t, h, o, hl, j, f, i, d, project),
+                s["y"], s["t"], s["h"], s["on"], s["held"], s["jump"], s["fsal"], s["si"], data,
             )
 
         y1, t_next, err, ok, dense, fsal1 = jax.lax.cond(
@@ -369,11 +372,11 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         def interp(t0_, t1_, dn, tq):
             return solver.interpolation_cls(t0=t0_, t1=t1_, **dn).evaluate(tq)
 
-        def locate():
+        def locate(project):
             # Illinois on phi(tau) = min over triggered functions, along the dense output.
             def phi(tau, t0_, t1_, dn, on, held, d, tr, off):
                 y = interp(t0_, t1_, dn, t0_ + tau * (t1_ - t0_))
-                e = lane(d).events(y, on, held, True) + off
+                e = lane(d).events(y, on, held, project) + off
                 return jnp.min(jnp.where(tr, e, jnp.inf))
 
             def one(t0_, t1_, dn, on, held, d, tr, Ea, off):
@@ -404,7 +407,11 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 one, s["t"], t_next, dense, s["on"], s["held"], data, trig, s["E"], s["Eoff"]
             )
 
-        tau = jax.lax.cond(jnp.any(has_ev), locate, lambda: jnp.ones((R,), dtype))
+        tau = jax.lax.cond(
+            jnp.any(has_ev),
+            lambda: jax.lax.cond(proj, lambda: locate(True), lambda: locate(False)),
+            lambda: jnp.ones((R,), dtype),
+        )
         tau = jnp.where(has_ev, tau, 1.0)
         t_end = jnp.where(has_ev, s["t"] + tau * (t_next - s["t"]), t_next)
         y_end = jax.lax.cond(
@@ -466,22 +473,33 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         E_new = jnp.where(has_ev[:, None], E_reb, raw_new + s["Eoff"])
 
         # -- saves in (t, t_end] from the dense output -------------------------------------
-        in_step = (ts[None, :] > s["t"][:, None]) & (ts[None, :] <= t_end[:, None]) & ok[:, None]
+        # Steps end at the second pending save time at the latest (see step_one), so at most
+        # two slots, si and si + 1, fall in a step: only those are interpolated.
+        slots = jnp.minimum(s["si"][:, None] + jnp.arange(2)[None, :], S - 1)  # (R, 2)
+        tq = ts[slots]
+        due = (tq <= t_end[:, None]) & (s["si"][:, None] + jnp.arange(2)[None, :] < S)
+        due = due & ok[:, None]
 
         def save_vals():
             return vm(
-                lambda t0_, t1_, dn: jax.vmap(lambda tq: interp(t0_, t1_, dn, tq))(
-                    jnp.clip(ts, t0_, t1_)
+                lambda t0_, t1_, dn, q: jax.vmap(lambda x: interp(t0_, t1_, dn, x))(
+                    jnp.clip(q, t0_, t1_)
                 ),
-                s["t"], t_next, dense,
+                s["t"], t_next, dense, tq,
             )
 
-        vals = jax.lax.cond(jnp.any(in_step), save_vals, lambda: s["saves"])
-        saves = jnp.where(in_step[:, :, None], vals, s["saves"])
+        vals = jax.lax.cond(jnp.any(due), save_vals, lambda: jnp.zeros((R, 2, p), dtype))
         # the state after an event belongs to the new pattern: an exact hit on t_end saves it
-        at_end = (ts[None, :] == t_end[:, None]) & ok[:, None]
-        saves = jnp.where(at_end[:, :, None], y_new[:, None, :], saves)
-        sheld = jnp.where(in_step[:, :, None], s["held"][:, None, :], s["sheld"])
+        vals = jnp.where((tq == t_end[:, None])[:, :, None] & has_ev[:, None, None],
+                         y_new[:, None, :], vals)
+        # scatter (not a select over all slots): slots that are not due go out of range
+        rows = jnp.arange(R)[:, None]
+        where_to = jnp.where(due, slots, S)
+        saves = s["saves"].at[rows, where_to].set(vals, mode="drop")
+        sheld = s["sheld"].at[rows, where_to].set(
+            jnp.broadcast_to(s["held"][:, None, :], (R, 2, P)), mode="drop"
+        )
+        si_new = s["si"] + jnp.sum(due, axis=1).astype(jnp.int32)
 
         # -- step size ----------------------------------------------------------------------
         safe_err = jnp.where(jnp.isfinite(err), err, jnp.inf)
@@ -538,6 +556,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
             slides=s["slides"] + jnp.where(ok, n_slide, 0),
             saves=saves,
             sheld=sheld,
+            si=si_new,
         )
 
     final = eqxi.while_loop(
@@ -545,7 +564,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         body,
         state0,
         max_steps=cfg.max_steps + 1,
-        kind="checkpointed",
+        kind=_LOOP_KIND,
     )
 
     def finish(theta, ys, on, held, d):
