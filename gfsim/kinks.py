@@ -214,14 +214,14 @@ class _Lane:
             theta = theta - J.T @ _solve_gram(J, valid, jnp.where(valid, z, 0.0))
         return theta
 
-    def decide(self, theta, on, held, hit):
+    def decide(self, theta, on, held, hit, project=True):
         """For the pairs ``hit`` that reached their kink: cross (flip side) or slide (hold)."""
         P = held.shape[0]
         zfun = lambda th: self.m.zflat(th, self.data, self.slopes(on, held))  # noqa: E731
 
         def rate(side_on):
             on2 = jnp.where(hit, side_on, on)
-            F, _ = self.field(theta, on2, held, True)
+            F, _ = self.field(theta, on2, held, project)
             return jax.jvp(zfun, (theta,), (F,))[1]
 
         a = rate(jnp.zeros(P, bool))  # dz/dt with the hit pairs off
@@ -423,10 +423,10 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         )
 
         # -- pattern changes at the event --------------------------------------------------
-        def apply_events():
+        def apply_events(project):
             def one(y, on, held, tr, d, off):
                 ln = lane(d)
-                e = ln.events(y, on, held, True) + off
+                e = ln.events(y, on, held, project) + off
                 fired = tr & (e < 0)
                 fired = fired | (tr & ~jnp.any(fired))  # at least the triggering ones
                 cross_hit = fired[:P]
@@ -436,24 +436,23 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 released = held & (lo_hit | hi_hit)
                 held2 = held & ~released
                 on2 = jnp.where(released, hi_hit, on)
-                on3, held3, slid = ln.decide(y, on2, held2, cross_hit & ~held)
+                on3, held3, slid = ln.decide(y, on2, held2, cross_hit & ~held, project)
                 crossed = cross_hit & ~held & ~slid
-                y2 = jax.lax.cond(jnp.any(held3), lambda: ln.project(y, on3, held3), lambda: y)
                 count = lambda m: jnp.sum(m).astype(jnp.int32)  # noqa: E731
-                return y2, on3, held3, count(crossed), count(slid)
+                return y, on3, held3, count(crossed), count(slid)
 
             return vm(one, y_end, s["on"], s["held"], trig, data, s["Eoff"])
 
         y_new, on_new, held_new, n_cross, n_slide = jax.lax.cond(
             jnp.any(has_ev),
-            apply_events,
+            lambda: jax.lax.cond(proj, lambda: apply_events(True), lambda: apply_events(False)),
             lambda: (y_end, s["on"], s["held"], zeros_R, zeros_R),
         )
         y_new = jnp.where(has_ev[:, None], y_new, y_end)
         on_new = jnp.where(has_ev[:, None], on_new, s["on"])
         held_new = jnp.where(has_ev[:, None], held_new, s["held"])
-        # drift control while sliding: back onto {z_K = 0} after every accepted step
-        still = ok & ~has_ev & jnp.any(s["held"], axis=1)
+        # back onto {z_K = 0}: after an accepted sliding step, and after a new capture
+        still = ok & jnp.any(held_new, axis=1)
         y_new = jax.lax.cond(
             jnp.any(still),
             lambda: jnp.where(
