@@ -23,8 +23,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-import gfsim  # noqa: E402
 from common import median_time  # noqa: E402
+
+import gfsim  # noqa: E402
 
 STAGES = 6  # Tsit5 with first-same-as-last
 
@@ -48,7 +49,7 @@ def sliding_case(repeats, quick):
     plans = [("events", r) for r in (1e-6, 1e-8, 1e-10)]
     plans += [("plain", r) for r in ((1e-4, 1e-5) if quick else (1e-4, 1e-5, 1e-6))]
     for method, rtol in plans:
-        run = lambda: gfsim.simulate(  # noqa: E731
+        run = lambda method=method, rtol=rtol: gfsim.simulate(  # noqa: E731
             net, data, 10.0, rtol=rtol, method=method, max_steps=200_000, **kw
         )
         tr = run()
@@ -81,7 +82,9 @@ def never_sliding(repeats, width):
     net = gfsim.MLP((2, width, 2), init="disk", key=jax.random.key(0), runs=288)
     out = {}
     for method in ("plain", "events"):
-        run = lambda: gfsim.simulate(net, data, 300.0, rtol=1e-8, method=method)  # noqa: E731
+        run = lambda method=method: gfsim.simulate(  # noqa: E731
+            net, data, 300.0, rtol=1e-8, method=method
+        )
         tr = run()
         t, ts = median_time(run, repeats)
         out[method] = dict(seconds=t, all=ts, max_steps=int(np.max(tr.num_steps)),
