@@ -88,11 +88,12 @@ class _Model:
         net = eqx.combine(self.unravel(theta), self.skeleton)
         return net.weights, net.biases
 
-    def forward(self, theta, X, D, E=None):
+    def forward(self, theta, X, D, E=None, scales=False):
         """Outputs and hidden pre-activations (n, hsum) with the pattern frozen: h = D * z
-        (D: (n, hsum) slopes). ``E`` (n, hsum) is added to h (to read off dL/dh)."""
+        (D: (n, hsum) slopes). ``E`` (n, hsum) is added to h (to read off dL/dh). With
+        ``scales``, also |w_u| |h_i| (+ |b_u|) per pair: the natural size of each z."""
         ws, bs = self.layers(theta)
-        h, zs, start = X, [], 0
+        h, zs, ss, start = X, [], [], 0
         for j, w in enumerate(ws):
             z = h @ w.T
             if bs is not None:
@@ -100,12 +101,17 @@ class _Model:
             if j == len(ws) - 1:
                 out = z
                 break
+            if scales:
+                sc = jnp.linalg.norm(h, axis=-1)[..., None] * jnp.linalg.norm(w, axis=-1)
+                ss.append(sc if bs is None else sc + jnp.abs(bs[j]))
             width = self.hidden[j]
             zs.append(z)
             h = D[..., start:start + width] * z
             if E is not None:
                 h = h + E[..., start:start + width]
             start += width
+        if scales:
+            return out, jnp.concatenate(zs, axis=-1), jnp.concatenate(ss, axis=-1)
         return out, jnp.concatenate(zs, axis=-1)
 
     def loss(self, theta, data, D, E=None):
@@ -114,20 +120,6 @@ class _Model:
 
     def zflat(self, theta, data, D):
         return self.forward(theta, data.X, D)[1].reshape(-1)
-
-    def zscale(self, theta, data, D):
-        """|w_u| |h_i| (+ |b_u|) per pair: the natural size of each pre-activation."""
-        ws, bs = self.layers(theta)
-        h, out = data.X, []
-        for j, w in enumerate(ws[:-1]):
-            s = jnp.linalg.norm(h, axis=-1)[:, None] * jnp.linalg.norm(w, axis=-1)[None, :]
-            if bs is not None:
-                s = s + jnp.abs(bs[j])
-            out.append(s)
-            start = sum(self.hidden[:j])
-            z = h @ w.T + (0.0 if bs is None else bs[j])
-            h = D[..., start:start + self.hidden[j]] * z
-        return jnp.concatenate(out, axis=-1).reshape(-1)
 
     def grad_and_c(self, theta, data, D):
         """grad_theta L and c = dL/dh per pair (flat), pattern frozen at D."""
@@ -157,10 +149,10 @@ def _solve_gram(J, valid, rhs):
 class _Lane:
     """Everything the loop needs for one run, closed over its data."""
 
-    def __init__(self, model: _Model, data, pattern_off):
+    def __init__(self, model: _Model, data):
         self.m = model
         self.data = data
-        self.off = pattern_off
+        self.off = model.off
 
     def slopes(self, on, held):
         d = jnp.where(on & ~held, 1.0, self.off)
@@ -192,9 +184,10 @@ class _Lane:
         """Event functions, all >= 0 while nothing happens: side * z for free pairs,
         lambda - off and 1 - lambda for held ones (+inf where not applicable)."""
         D = self.slopes(on, held)
-        z = self.m.zflat(theta, self.data, D)
+        _, z, scale = self.m.forward(theta, self.data.X, D, scales=True)
+        z, scale = z.reshape(-1), scale.reshape(-1)
         side = jnp.where(on, 1.0, -1.0)
-        slack = _Z_SLACK * jax.lax.stop_gradient(self.m.zscale(theta, self.data, D))
+        slack = _Z_SLACK * jax.lax.stop_gradient(scale)
         cross = jnp.where(held, jnp.inf, side * z + slack)
         if project:
             _, lam = self.field(theta, on, held, True)
@@ -252,7 +245,12 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
     K = cfg.max_sliding
 
     def lane(d):
-        return _Lane(model, d, model.off)
+        return _Lane(model, d)
+
+    def by_projection(flag, fn):
+        """fn(True) if any run slides, else fn(False): one choice for the whole batch, so the
+        projection's cost is paid only on iterations where some run needs it."""
+        return jax.lax.cond(flag, lambda: fn(True), lambda: fn(False))
 
     def vm(fn, *args):
         return jax.vmap(fn)(*args)
@@ -284,11 +282,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         return vm(lambda th, o, h, d: lane(d).events(th, o, h, project), theta, on, held, data)
 
     def events_any(theta, on, held):
-        return jax.lax.cond(
-            jnp.any(held),
-            lambda: ev_all(theta, on, held, True),
-            lambda: ev_all(theta, on, held, False),
-        )
+        return by_projection(jnp.any(held), lambda pr: ev_all(theta, on, held, pr))
 
     # Event values are kept with a per-pair offset: a pair that sits a hair on the wrong side
     # right after a change (a bounce off its kink) starts its next search strictly positive.
@@ -299,10 +293,11 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
     E0, Eoff0 = rebase(events_any(theta0, on0, held0))
 
     # -- initial step size (Hairer's heuristic, first half) ---------------------------------
-    def f0_one(theta, o, h, d):
-        return lane(d).field(theta, o, h, True)[0]
-
-    F0 = vm(f0_one, theta0, on0, held0, data)
+    F0 = by_projection(
+        jnp.any(held0),
+        lambda pr: vm(lambda th, o, h, d: lane(d).field(th, o, h, pr)[0], theta0, on0, held0,
+                      data),
+    )
     scale0 = atol + rtol * jnp.abs(theta0)
     d0 = jnp.sqrt(jnp.mean((theta0 / scale0) ** 2, axis=1))
     d1 = jnp.sqrt(jnp.mean((F0 / scale0) ** 2, axis=1))
@@ -361,9 +356,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 s["y"], s["t"], s["h"], s["on"], s["held"], s["jump"], s["fsal"], s["si"], data,
             )
 
-        y1, t_next, err, ok, dense, fsal1 = jax.lax.cond(
-            proj, lambda: do_step(True), lambda: do_step(False)
-        )
+        y1, t_next, err, ok, dense, fsal1 = by_projection(proj, do_step)
         ok = ok & active
         E1 = events_any(y1, s["on"], s["held"]) + s["Eoff"]
         trig = (E1 < 0) & (E1 < s["E"]) & ok[:, None]
@@ -409,7 +402,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
 
         tau = jax.lax.cond(
             jnp.any(has_ev),
-            lambda: jax.lax.cond(proj, lambda: locate(True), lambda: locate(False)),
+            lambda: by_projection(proj, locate),
             lambda: jnp.ones((R,), dtype),
         )
         tau = jnp.where(has_ev, tau, 1.0)
@@ -445,7 +438,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
 
         y_new, on_new, held_new, n_cross, n_slide = jax.lax.cond(
             jnp.any(has_ev),
-            lambda: jax.lax.cond(proj, lambda: apply_events(True), lambda: apply_events(False)),
+            lambda: by_projection(proj, apply_events),
             lambda: (y_end, s["on"], s["held"], zeros_R, zeros_R),
         )
         y_new = jnp.where(has_ev[:, None], y_new, y_end)

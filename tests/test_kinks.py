@@ -12,8 +12,7 @@ from gfsim import analysis as A
 
 
 def _flat_final(tr):
-    lead = tr.final_weights[0].shape[:-2]
-    return np.concatenate([np.asarray(w).reshape(lead + (-1,)) for w in tr.final_weights], -1)
+    return np.asarray(flat(tr.final_weights))
 
 
 def _rel(a, b):
