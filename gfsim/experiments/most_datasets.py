@@ -136,7 +136,7 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
 
     claims, notes = [], []
     n_runs = cfg["datasets"] * cfg["seeds"]
-    for (_, w), r in results.items():
+    for (d, w), r in results.items():
         c, s = r["converged"], r["stalled"]
         has = r["dataset_has_converged"]
         frac = float(r["dataset_far"][has].mean()) if has.any() else float("nan")
