@@ -20,11 +20,11 @@ from gfsim import analysis
 from . import Claim, Result, pyplot, register_experiment, save_figure
 
 SETTINGS = {
-    "quick": dict(dims=(2, 10), widths=(2, 16), datasets=48, seeds=2, t1=300.0, rtol=1e-8,
+    "quick": dict(dims=(2, 10), widths=(2, 16), datasets=40, seeds=4, t1=300.0, rtol=1e-8,
                   max_steps=3_000),
     "full": dict(dims=(2, 5, 10, 50), widths=(2, 16), datasets=288, seeds=4, t1=300.0,
                  rtol=1e-8, max_steps=50_000),
-    "tiny": dict(dims=(2,), widths=(2,), datasets=24, seeds=2, t1=300.0, rtol=1e-8,
+    "tiny": dict(dims=(2, 6), widths=(2,), datasets=12, seeds=2, t1=300.0, rtol=1e-8,
                  max_steps=1_500),  # tests
 }
 SCALE = 1e-4
@@ -66,11 +66,15 @@ def _one(cfg, dim, width, kd, kn) -> dict:
     sr_d = np.where(conv_d, sr.reshape(D, S), np.nan)
     has_conv = conv_d.any(1)
     far_d = has_conv & np.all(np.where(conv_d, sr_d >= FAR, True), axis=1)
+    # The claim is about probability over the init: a dataset counts when GF ends far from
+    # rank 1 in at least one of its seeds (an estimate of "with non-negligible probability").
+    some_far_d = np.any(conv_d & (sr_d >= FAR), axis=1)
     return dict(
         angle=angle, loss=loss, status=status, stable_rank=sr, converged=conv, stalled=stalled,
         split_start=split, t_final=np.asarray(tr.t_final), steps=np.asarray(tr.num_steps),
+        slides=np.asarray(tr.num_slides) if tr.num_slides is not None else np.zeros_like(loss),
         dataset_angle=angle.reshape(D, S)[:, 0], dataset_has_converged=has_conv,
-        dataset_far=far_d, X=np.asarray(data.X), W1_0=w1_0,
+        dataset_far=far_d, dataset_some_far=some_far_d, X=np.asarray(data.X), W1_0=w1_0,
         final_W1=np.asarray(tr.final_weights[0]),
     )
 
@@ -136,34 +140,44 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
 
     claims, notes = [], []
     n_runs = cfg["datasets"] * cfg["seeds"]
-    for (d, w), r in results.items():
-        c, s = r["converged"], r["stalled"]
-        has = r["dataset_has_converged"]
-        frac = float(r["dataset_far"][has].mean()) if has.any() else float("nan")
-        obtuse = r["angle"] > math.pi / 2
-        srs = r["stable_rank"][c]
-        a_d = r["dataset_angle"]
-        window = float(np.mean(np.abs(np.cos(a_d)) <= 1 / 3))  # 2/(1+|cos|) >= 1.5
-        measured = (
-            f"{frac:.2f} of the {int(has.sum())} of {cfg['datasets']} datasets with a converged "
-            f"run stay at sr >= {FAR} in all converged runs (converged runs: {int(c.sum())} of "
-            f"{n_runs}, median sr {np.median(srs) if srs.size else float('nan'):.3f}; "
-            f"obtuse {int((c & obtuse).sum())}/{int(obtuse.sum())}, acute "
-            f"{int((c & ~obtuse).sum())}/{int((~obtuse).sum())}). Not converged "
-            f"{int((~c).sum())}, of which stalled (max_steps) {int(s.sum())} "
-            f"(acute {int((s & ~obtuse).sum())}, obtuse {int((s & obtuse).sum())}), loss plateau "
-            f"{int((~c & ~s).sum())}. Share of datasets with |cos| <= 1/3 (where 2/(1+|cos|) >= "
-            f"1.5): {window:.2f}"
-        )
+    top, low = max(cfg["dims"]), min(cfg["dims"])
+    for w in cfg["widths"]:
+        parts, share = [], {}
+        for d in cfg["dims"]:
+            r = results[(d, w)]
+            c, s = r["converged"], r["stalled"]
+            has = r["dataset_has_converged"]
+            share[d] = float(r["dataset_some_far"][has].mean()) if has.any() else float("nan")
+            all_far = float(r["dataset_far"][has].mean()) if has.any() else float("nan")
+            srs = r["stable_rank"][c]
+            runs_far = float(np.mean(srs >= FAR)) if srs.size else float("nan")
+            window = float(np.mean(np.abs(np.cos(r["dataset_angle"])) <= 1 / 3))
+            parts.append(
+                f"d = {d}: {share[d]:.2f} of the {int(has.sum())} datasets with a converged run "
+                f"(all seeds far: {all_far:.2f}; converged runs far: {runs_far:.2f} of "
+                f"{int(c.sum())}, median sr {np.median(srs) if srs.size else float('nan'):.3f}; "
+                f"not converged {int((~c).sum())} of {n_runs}: stalled (max_steps) "
+                f"{int(s.sum())}, loss plateau {int((~c & ~s).sum())}; share of pairs with "
+                f"|cos| <= 1/3, where 2/(1+|cos|) >= {FAR}: {window:.2f})"
+            )
+        n_top = int(results[(top, w)]["dataset_has_converged"].sum())
+        if n_top < MIN_DATASETS:
+            verdict = "inconclusive"
+        else:
+            verdict = ("agrees" if share[top] > 0.5 and share[top] >= share[low]
+                       else "disagrees")
         claims.append(Claim(
-            claim="Claim 2 (most datasets): GF from small init reaches zero loss at a W_1 far "
-            f"from rank 1 (stable rank >= {FAR}) for most random size-2 datasets",
-            setting=f"d = {d}, width {w}, {cfg['datasets']} random pairs on the sphere x "
-            f"{cfg['seeds']} seeds, disk init r=1e-4, t1={cfg['t1']}, mean loss, max_steps "
-            f"{cfg['max_steps']}; stable rank over converged (loss < 1e-4) runs",
-            measured=measured,
-            verdict="inconclusive" if has.sum() < MIN_DATASETS
-            else ("agrees" if frac > 0.5 else "disagrees"),
+            claim="Claim 2 (most datasets): for most random size-2 datasets (random pairs in "
+            "high dimension, nearly orthogonal) GF from small init reaches zero loss at a W_1 "
+            f"far from rank 1 (stable rank >= {FAR}) with non-negligible probability over the "
+            "init; verdict on the highest dimension (share > 0.5, and not below the lowest "
+            "dimension's)",
+            setting=f"width {w}, dims {list(cfg['dims'])}, {cfg['datasets']} random pairs on "
+            f"the sphere per dim x {cfg['seeds']} seeds, disk init r=1e-4, t1={cfg['t1']}, mean "
+            f"loss, rtol {cfg['rtol']:g}, max_steps {cfg['max_steps']}; a dataset counts when at "
+            "least one of its converged (loss < 1e-4) runs ends far from rank 1",
+            measured="; ".join(parts),
+            verdict=verdict,
         ))
     # Analytic check on width-2 runs of obtuse pairs with a split start.
     devs, n_split, n_split_all, n_split_stalled = [], 0, 0, 0
@@ -177,7 +191,7 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         n_split_stalled += int((sel_all & r["stalled"]).sum())
         devs.extend(np.abs(r["stable_rank"][sel] - analytic_sr(r["angle"][sel])).tolist())
     all_obtuse = []
-    for (_, w), r in results.items():
+    for (d, w), r in results.items():
         sel = r["converged"] & (r["angle"] > math.pi / 2)
         if sel.any():
             dv = np.abs(r["stable_rank"][sel] - analytic_sr(r["angle"][sel]))
@@ -205,20 +219,30 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         "so converging runs finish well before t1. Most solver steps taken by a converged run: "
         f"{max(conv_steps) if conv_steps else 'n/a'} (budget {cfg['max_steps']})."
     )
+    slid = {f"d={d} w={w}": (int(np.sum(r["slides"] > 0)),
+                             int(np.sum((r["slides"] > 0) & r["converged"])))
+            for (d, w), r in results.items()}
     notes.append(
-        "Runs whose flow slides along a ReLU kink exhaust max_steps (status max_steps) with the "
-        "plain solver; they are counted as 'stalled' in each row, drawn as red crosses at their "
-        "last stable rank, and excluded from the converged statistics. They occur mostly on "
-        "acute pairs: a neuron active on x1 only moves along x1, and when cos(x1, x2) > 0 that "
-        "drives it across the boundary w.x2 = 0, where the flow slides. Runs on a loss plateau "
-        "(0.25 or 0.5: a dead or shared neuron) reached t1 and are also not converged."
+        "Many runs slide along a ReLU kink: a neuron active on x1 only moves along x1, and when "
+        "cos(x1, x2) > 0 that drives it onto the boundary w.x2 = 0, where the exact (Filippov) "
+        "flow slides. The event-driven ReLU solver (method 'auto' = 'events' for ReLU nets) "
+        "follows them; runs with at least one sliding episode (of which converged): "
+        + ", ".join(f"{k}: {a} ({b})" for k, (a, b) in slid.items())
+        + ". A run that still exhausted max_steps would be counted as 'stalled' in its row, "
+        "drawn as a red cross at its last stable rank and excluded from the converged statistics. "
+        "Runs on a loss plateau (0.25 or 0.5: a dead or shared neuron) reached t1 and are not "
+        "converged either."
     )
     notes.append(
-        "For width 2, a converged run typically has rows along x1 and x2 and stable rank "
-        "2/(1+|cos|), which is >= 1.5 only for angles in [70.5, 109.5] degrees. In d = 2 the angle "
-        "of a random pair is uniform on [0, 180], so the share of far-from-rank-1 datasets is "
-        "small; in higher d random pairs are nearly orthogonal, and most datasets are far from "
-        "rank 1. 'Most datasets' therefore depends on the dimension (and on the threshold)."
+        "How the claim is read: the theorem is about probability over the init (GF ends far "
+        "from rank 1 with a constant probability, not always), and 'most' datasets refers to "
+        "random pairs in high dimension, which are nearly orthogonal. A converged run with rows "
+        "along x1 and x2 has stable rank 2/(1+|cos|), >= 1.5 only for angles in [70.5, 109.5] "
+        "degrees: in d = 2 the angle of a random pair is uniform on [0, 180] and only a minority "
+        "of datasets can end far from rank 1 (the lowest-dimension figures in each row, for "
+        "comparison); in d = 10 almost all pairs are in that window. The row also gives the "
+        "stricter share of datasets where ALL converged seeds end far (a finite-seed estimate "
+        "of 'with probability 1', which the paper does not claim)."
     )
     return Result(
         name="most_datasets",
@@ -227,7 +251,8 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         figures=[fig],
         data_file=data_file,
         settings=dict(cfg, dims=list(cfg["dims"]), widths=list(cfg["widths"]), loss="square",
-                      reduction="mean", solver="tsit5", init="disk", scale=SCALE,
+                      reduction="mean", solver="tsit5", method="auto (events for ReLU)",
+                      init="disk", scale=SCALE,
                       far_threshold=FAR, converged=CONVERGED, seeds_key="jax.random.key(2)"),
         seconds=time.perf_counter() - start,
         notes=notes,
