@@ -175,10 +175,22 @@ class _Lane:
         J = self.m.jac_rows(theta, self.data, D, idx, valid)
         mcoef = _solve_gram(J, valid, J @ F)
         F = F - J.T @ mcoef
-        ck = c[idx]
-        lam = self.off + mcoef * ck / (ck * ck + jnp.finfo(ck.dtype).tiny)
-        lam_full = jnp.zeros(held.shape, F.dtype).at[idx].add(jnp.where(valid, lam, 0.0))
-        return F, lam_full
+        tiny = jnp.finfo(F.dtype).tiny
+
+        def lam_of(c):
+            ck = c[idx]
+            lam = self.off + mcoef * ck / (ck * ck + tiny)
+            return jnp.zeros(held.shape, F.dtype).at[idx].add(jnp.where(valid, lam, 0.0))
+
+        # m_k = (lambda_k - off) c_k(lambda), with c_k(lambda) = dL/dh_k when the held pairs
+        # DOWNSTREAM of k at the same point have their slopes lambda (a path through several
+        # held pairs carries the product of their lambdas). One backward pass per hidden layer
+        # below the last makes it exact, layer by layer from the output.
+        lam = lam_of(c)
+        for _ in range(len(self.m.hidden) - 1):
+            D_lam = jnp.where(held, lam, D.reshape(-1)).reshape(D.shape)
+            lam = lam_of(self.m.grad_and_c(theta, self.data, D_lam)[1])
+        return F, lam
 
     def events(self, theta, on, held, project: bool):
         """Event functions, all >= 0 while nothing happens: side * z for free pairs,
