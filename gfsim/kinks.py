@@ -49,6 +49,8 @@ _LOOP_KIND = "checkpointed"
 # cycling between release and capture; it perturbs the flow only at second order in slack.
 _LAMBDA_SLACK = 1e-7
 _GRAZE = 1e-9
+# Passes of "release the held pairs whose multiplier left [off, 1]" after a capture.
+_RELEASE_ROUNDS = 3
 # A free pair's crossing fires at side * z = -_Z_SLACK * |w_u| |h_i| (not at 0): the landing is
 # then past the kink by more than round-off, so the flipped side starts strictly positive, and
 # a pair that grazes its kink right after a change is found on its way back.
@@ -234,7 +236,20 @@ class _Lane:
         tol = _GRAZE * (jnp.abs(a) + jnp.abs(b))
         slide = hit & (a >= -tol) & (b <= tol)
         new_on = jnp.where(hit & ~slide, a + b > 0, on)
-        return new_on, held | slide, slide
+        new_held = held | slide
+        if project:
+            # A capture changes the projection, and with it the multipliers of the pairs
+            # already held: one whose lambda is now outside [off, 1] would be pushed off its
+            # surface (the sliding set must solve the complementarity problem). Release such
+            # pairs, to the side lambda points to, until the set is consistent.
+            ls = _LAMBDA_SLACK * (1.0 - self.off)
+            for _ in range(_RELEASE_ROUNDS):
+                _, lam = self.field(theta, new_on, new_held, True)
+                lo = new_held & (lam < self.off - ls)
+                hi = new_held & (lam > 1.0 + ls)
+                new_held = new_held & ~(lo | hi)
+                new_on = jnp.where(lo | hi, hi, new_on)
+        return new_on, new_held, slide & new_held
 
 
 def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, batched: bool):
