@@ -37,5 +37,42 @@ def reproduce(profile, out, only, no_progress):
     click.echo(f"report: {out}/report.md")
 
 
+@main.command()
+@click.option("--quick", "profile", flag_value="quick", default=True,
+              help="Small sizes, a few minutes on a laptop CPU (default).")
+@click.option("--full", "profile", flag_value="full",
+              help="The protocol's sizes (docs/benchmarks.md).")
+@click.option("--only", "only", multiple=True, metavar="NAME",
+              help="Run only this workload: W-A, W-B, W-C or W-D (repeatable).")
+@click.option("--out", default="gfsim-bench", show_default=True,
+              help="Directory for bench.json, bench.md and the plots.")
+@click.option("--repeats", default=3, show_default=True, type=int, metavar="N",
+              help="Timed repeats after each first call; the median is reported.")
+@click.option("--skip", "skip", multiple=True, metavar="METHOD",
+              type=click.Choice(["torch", "scipy", "hand_diffrax", "persistent_cache"]),
+              help="Leave out a baseline (repeatable).")
+def bench(profile, only, out, repeats, skip):
+    """Run the benchmark suite: gfsim against hand-written Diffrax, GD in JAX and PyTorch, and
+    scipy, on workloads W-A..W-D; write every figure, a Markdown table and plots to --out."""
+    from .bench import check_options, run_suite
+
+    try:
+        check_options(profile=profile, only=only, out=out, repeats=repeats)
+    except ValueError as e:
+        click.echo(f"gfsim bench: error: {e}", err=True)
+        sys.exit(2)
+    res = run_suite(None, profile=profile, only=only, repeats=repeats, skip=skip,
+                    progress=lambda msg: click.echo(msg, err=True))
+    res["command"] = " ".join(["gfsim", "bench", *sys.argv[2:]])
+    from .bench import write
+
+    files = write(res, out)
+    for name, w in res["workloads"].items():
+        if w.get("error"):
+            click.echo(f"{name} FAILED: {w['error']}", err=True)
+    click.echo(f"results: {files['json']}, {files['markdown']}, "
+               f"{len(files['plots'])} plot(s) in {out}")
+
+
 if __name__ == "__main__":
     sys.exit(main())
