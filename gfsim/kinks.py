@@ -49,6 +49,9 @@ _LOOP_KIND = "checkpointed"
 # cycling between release and capture; it perturbs the flow only at second order in slack.
 _LAMBDA_SLACK = 1e-7
 _GRAZE = 1e-9
+# A step may span at most this many pending save times (each is interpolated from the step's
+# dense output); more cost interpolations, fewer cost steps cut short at save times.
+_SAVE_SLOTS = 8
 # Passes of "release the held pairs whose multiplier left [off, 1]" after a capture.
 _RELEASE_ROUNDS = 3
 # A free pair's crossing fires at side * z = -_Z_SLACK * |w_u| |h_i| (not at 0): the landing is
@@ -364,7 +367,8 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         ln = lane(d)
         term = diffrax.ODETerm(lambda t_, y_, a: ln.field(y_, on, held, project)[0])
         t_next = jnp.minimum(t + h, t1)
-        t_next = jnp.where(si + 1 < S, jnp.minimum(t_next, ts[jnp.minimum(si + 1, S - 1)]), t_next)
+        last = si + _SAVE_SLOTS - 1
+        t_next = jnp.where(last < S, jnp.minimum(t_next, ts[jnp.minimum(last, S - 1)]), t_next)
         # made_jump after a pattern change or a projection: the first stage is re-evaluated
         # (Diffrax does that for the whole batch if any run needs it).
         y1, yerr, dense, fsal1, _ = solver.step(term, t, t_next, y, None, fsal, jump)
@@ -427,23 +431,8 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 one, s["t"], t_next, dense, s["on"], s["held"], data, trig, s["E"], s["Eoff"]
             )
 
-        tau = jax.lax.cond(
-            jnp.any(has_ev),
-            lambda: by_projection(proj, locate),
-            lambda: jnp.ones((R,), dtype),
-        )
-        tau = jnp.where(has_ev, tau, 1.0)
-        t_end = jnp.where(has_ev, s["t"] + tau * (t_next - s["t"]), t_next)
-        y_end = jax.lax.cond(
-            jnp.any(has_ev),
-            lambda: jnp.where(
-                has_ev[:, None], vm(interp, s["t"], t_next, dense, t_end), y1
-            ),
-            lambda: y1,
-        )
-
         # -- pattern changes at the event --------------------------------------------------
-        def apply_events(project):
+        def apply_events(project, y_end):
             def one(y, on, held, tr, d, off):
                 ln = lane(d)
                 e = ln.events(y, on, held, project) + off
@@ -463,11 +452,22 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
 
             return vm(one, y_end, s["on"], s["held"], trig, data, s["Eoff"])
 
-        y_new, on_new, held_new, n_cross, n_slide = jax.lax.cond(
-            jnp.any(has_ev),
-            lambda: by_projection(proj, apply_events),
-            lambda: (y_end, s["on"], s["held"], zeros_R, zeros_R),
+        def event_branch(project):
+            # locate the first root in the step, cut the step there, apply the changes
+            tau = jnp.where(has_ev, locate(project), 1.0)
+            t_end = jnp.where(has_ev, s["t"] + tau * (t_next - s["t"]), t_next)
+            y_end = jnp.where(has_ev[:, None], vm(interp, s["t"], t_next, dense, t_end), y1)
+            return (t_end, y_end) + apply_events(project, y_end)[1:]
+
+        def no_event_branch():
+            return t_next, y1, s["on"], s["held"], zeros_R, zeros_R
+
+        # One switch for the whole batch: no event anywhere, events without / with sliding.
+        branch = jnp.where(jnp.any(has_ev), jnp.where(proj, 2, 1), 0)
+        t_end, y_end, on_new, held_new, n_cross, n_slide = jax.lax.switch(
+            branch, (no_event_branch, lambda: event_branch(False), lambda: event_branch(True))
         )
+        y_new = y_end
         y_new = jnp.where(has_ev[:, None], y_new, y_end)
         on_new = jnp.where(has_ev[:, None], on_new, s["on"])
         held_new = jnp.where(has_ev[:, None], held_new, s["held"])
@@ -492,11 +492,12 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         E_new = jnp.where(has_ev[:, None], E_reb, raw_new + s["Eoff"])
 
         # -- saves in (t, t_end] from the dense output -------------------------------------
-        # Steps end at the second pending save time at the latest (see step_one), so at most
-        # two slots, si and si + 1, fall in a step: only those are interpolated.
-        slots = jnp.minimum(s["si"][:, None] + jnp.arange(2)[None, :], S - 1)  # (R, 2)
+        # Steps end at the _SAVE_SLOTS-th pending save time at the latest (see step_one), so
+        # at most that many slots, from si on, fall in a step: only those are interpolated.
+        M = _SAVE_SLOTS
+        slots = jnp.minimum(s["si"][:, None] + jnp.arange(M)[None, :], S - 1)  # (R, M)
         tq = ts[slots]
-        due = (tq <= t_end[:, None]) & (s["si"][:, None] + jnp.arange(2)[None, :] < S)
+        due = (tq <= t_end[:, None]) & (s["si"][:, None] + jnp.arange(M)[None, :] < S)
         due = due & ok[:, None]
 
         def save_vals():
@@ -507,7 +508,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 s["t"], t_next, dense, tq,
             )
 
-        vals = jax.lax.cond(jnp.any(due), save_vals, lambda: jnp.zeros((R, 2, p), dtype))
+        vals = jax.lax.cond(jnp.any(due), save_vals, lambda: jnp.zeros((R, M, p), dtype))
         # the state after an event belongs to the new pattern: an exact hit on t_end saves it
         vals = jnp.where((tq == t_end[:, None])[:, :, None] & has_ev[:, None, None],
                          y_new[:, None, :], vals)
@@ -516,7 +517,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         where_to = jnp.where(due, slots, S)
         saves = s["saves"].at[rows, where_to].set(vals, mode="drop")
         sheld = s["sheld"].at[rows, where_to].set(
-            jnp.broadcast_to(s["held"][:, None, :], (R, 2, P)), mode="drop"
+            jnp.broadcast_to(s["held"][:, None, :], (R, M, P)), mode="drop"
         )
         si_new = s["si"] + jnp.sum(due, axis=1).astype(jnp.int32)
 
