@@ -42,6 +42,8 @@ from .losses import loss_value
 from .trajectory import Status
 
 _ILLINOIS_ITERS = 30
+_TAU_TOL = 1e-14  # event location: bracket width, as a fraction of the step
+_F_TOL = 1e-12  # ... or |event| at the returned point, relative to its value at the step's end
 _LOOP_KIND = "checkpointed"
 # A sliding pair is released when lambda leaves [off - slack, 1 + slack] (times 1 - off), and
 # a pair reaching its kink slides when neither side pushes it away by more than _GRAZE of the
@@ -408,8 +410,8 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 fa = jnp.where(jnp.isfinite(fa), fa, 0.0)
                 fb = phi(1.0, t0_, t1_, dn, on, held, d, tr, off)
 
-                def it(_, c):
-                    a, b, fa, fb, side = c
+                def it(c):
+                    a, b, fa, fb, side, fbt = c
                     x = (a * fb - b * fa) / (fb - fa)
                     x = jnp.where(jnp.isfinite(x) & (x > a) & (x < b), x, 0.5 * (a + b))
                     fx = phi(x, t0_, t1_, dn, on, held, d, tr, off)
@@ -420,10 +422,20 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                     a2 = jnp.where(neg, a, x)
                     b2 = jnp.where(neg, x, b)
                     side2 = jnp.where(neg, 1, -1)
-                    return a2, b2, fa2, fb2, side2
+                    return a2, b2, fa2, fb2, side2, jnp.where(neg, fx, fbt)
 
-                start = (jnp.zeros((), dtype), jnp.ones((), dtype), fa, fb, jnp.zeros((), int))
-                a, b, *_ = jax.lax.fori_loop(0, _ILLINOIS_ITERS, it, start)
+                # Until b (where the event has fired) is within _F_TOL of the step's change of
+                # the event function from the root, or the bracket is _TAU_TOL of the step wide;
+                # at most _ILLINOIS_ITERS times. A bounded loop: reverse mode goes through it.
+                start = (jnp.zeros((), dtype), jnp.ones((), dtype), fa, fb, jnp.zeros((), int), fb)
+                ftol = _F_TOL * jnp.abs(fb)
+                a, b, *_ = eqxi.while_loop(
+                    lambda c: (c[1] - c[0] > _TAU_TOL) & (-c[5] > ftol),
+                    it,
+                    start,
+                    max_steps=_ILLINOIS_ITERS,
+                    kind="bounded",
+                )
                 b = jnp.where(fa < 0, 0.0, b)
                 return b
 
