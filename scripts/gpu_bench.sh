@@ -11,4 +11,5 @@ timeout 120 python3 benchmarks/core.py --repeats 3 --out "$OUT/core.json" > "$OU
 timeout 90 python3 benchmarks/kinks.py --repeats 3 --quick --out "$OUT/kinks.json" > "$OUT/kinks.log" 2>&1; echo "kinks rc=$?"
 timeout 120 python3 benchmarks/scaling.py --runs 288 2304 18432 --out "$OUT/scaling.json" > "$OUT/scaling.log" 2>&1; echo "scaling rc=$?"
 timeout 120 python3 benchmarks/baselines.py --repeats 3 --torch-max-steps 20000 --out "$OUT/baselines.json" > "$OUT/baselines.log" 2>&1; echo "baselines rc=$?"
+timeout 300 python3 -m gfsim.cli bench --quick --repeats 3 --out "$OUT/suite" > "$OUT/suite.log" 2>&1; echo "suite rc=$?"
 tail -n 5 "$OUT"/*.log

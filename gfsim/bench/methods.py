@@ -209,7 +209,7 @@ class _Budget(Exception):
     pass
 
 
-def bench_scipy(p: Problem, ref, *, rtols=None, subset=None, max_evals=20_000):
+def bench_scipy(p: Problem, ref, *, rtols=None, subset=None, max_evals=None):
     """scipy.integrate.solve_ivp (DOP853) per run in a Python loop on the flat parameters, with
     a jax.jit'ed gradient; timed on ``subset`` runs and scaled to all runs. A run that needs more
     than ``max_evals`` gradient evaluations (a sliding flow makes DOP853 grind for millions) is
@@ -219,6 +219,7 @@ def bench_scipy(p: Problem, ref, *, rtols=None, subset=None, max_evals=20_000):
     except Exception as e:  # noqa: BLE001
         return dict(skipped=f"scipy unavailable: {e} (pip install 'gfsim[bench]')")
     subset = min(p.scipy_subset if subset is None else subset, p.runs)
+    max_evals = p.scipy_max_evals if max_evals is None else max_evals
     theta0 = flat_init(p.net.weights)[:subset]
     loss = functools.partial(hand_loss, widths=p.widths, activation=p.net.activation,
                              reduction=p.reduction)
@@ -296,9 +297,13 @@ def _torch_gd(torch, Ws, X, Y, mask, act, reduction, lr, steps, save=()):
     return saved
 
 
-def bench_torch(p: Problem, ref, *, steps_list=None, max_steps=None, threads=None):
+def bench_torch(p: Problem, ref, *, steps_list=None, max_steps=None, threads=1):
     """Full-batch GD in PyTorch (float64, CPU) batched with bmm, as the authors' code would be
-    batched. Runs longer than ``max_steps`` are timed on that many steps and scaled."""
+    batched. Runs longer than ``max_steps`` are timed on that many steps and scaled.
+
+    ``threads``: torch's intra-op threads (None leaves torch's default). One by default: in a
+    process where JAX has run, torch with two threads on a 2-core CPU was 40-80x slower per
+    step (its threads contend with XLA's thread pool); the small bmm's gain nothing from more."""
     try:
         import torch
     except Exception as e:  # noqa: BLE001

@@ -32,7 +32,8 @@ class Problem:
       time); ``torch_steps``: those also run in PyTorch; longer torch runs than
       ``torch_max_steps`` are timed on that many steps and scaled.
     - ``scipy_rtols``, ``scipy_subset``: scipy's tolerances and how many runs its Python loop
-      solves (its time is scaled to all runs).
+      solves (its time is scaled to all runs); ``scipy_max_evals``: gradient evaluations per
+      run after which scipy is stopped (the run counts as not reaching t1).
     - ``max_steps``: step budget of gfsim and of the hand-written Diffrax; ``ref_max_steps``:
       of the reference.
     - ``reference_method``: ``method`` of the Dopri8 reference (``"events"`` for ReLU nets,
@@ -54,6 +55,7 @@ class Problem:
     torch_max_steps: int = 20_000
     scipy_rtols: tuple[float, ...] = (1e-6, 1e-8)
     scipy_subset: int = 2
+    scipy_max_evals: int = 20_000
     max_steps: int = 100_000
     ref_max_steps: int = 1_000_000
     reference_method: str = "auto"

@@ -62,9 +62,13 @@ def markdown(res) -> str:
         "compiled program (argument + output + temp), measured for the first knob of each JAX "
         "method; max RSS is the process's.", "",
         "## Time to accuracy: method time / gfsim time", "",
-        "| problem | target | gfsim (knob, s) | " + " | ".join(LABELS[f] for f in ORDER[1:])
-        + " |",
-        "|---|---|---|" + "---|" * (len(ORDER) - 1),
+    ]
+    present = {r["family"] for w in res["workloads"].values() for p in w.get("problems", [])
+               for r in p["rows"]}
+    others = [f for f in ORDER[1:] if f in present]
+    lines += [
+        "| problem | target | gfsim (knob, s) | " + " | ".join(LABELS[f] for f in others) + " |",
+        "|---|---|---|" + "---|" * len(others),
     ]
     for w in res["workloads"].values():
         for p in w.get("problems", []):
@@ -72,7 +76,7 @@ def markdown(res) -> str:
                 h = p["headline"][f"{a:g}"]
                 g = h.get("gfsim")
                 gs = f"{g['knob']}, {_fmt(g['time_s'])}" if g else "not reached"
-                cells = [_ratio_cell(h[f]) if f in h else "-" for f in ORDER[1:]]
+                cells = [_ratio_cell(h[f]) if f in h else "-" for f in others]
                 lines.append(f"| {p['name']} | {a:g} | {gs} | " + " | ".join(cells) + " |")
     for name, w in res["workloads"].items():
         lines += ["", f"## {name}", ""]

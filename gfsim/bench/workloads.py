@@ -11,7 +11,7 @@ tests).
   width-32 depth-2 ReLU teacher's outputs (gfsim.data.teacher_student, labels="regression"),
   rescaled to unit RMS; Gaussian (LeCun) init; mean loss; t1 = 0.5 (the loss falls from about 3
   to about 1.5; at n = 256 already about 300 kink crossings per run at depth 2 and 1000 at depth
-  3, each one a step of the event-driven solver). The quick profile uses n = 64 and depths 2, 3.
+  3, each one a step of the event-driven solver). The quick profile uses n = 32 and depths 2, 3.
 - W-D: deep linear matrix completion (Arora et al. 2019 style): per seed a 30x30 rank-2 target
   (gfsim.data.matrix_completion, 30 % of the entries observed, target scaled to unit Frobenius
   norm), depth 3, widths 30, N(0, 1e-3^2) init, sum loss over the observed entries, t1 = 3000
@@ -36,11 +36,12 @@ _SIZES = {
                 quick=dict(seeds=32, scipy_subset=2, torch_max_steps=3_000),
                 tiny=dict(seeds=4, scipy_subset=1, torch_max_steps=30, t1=30.0)),
     "W-B": dict(full=dict(seeds=64, max_steps=20_000, scipy_subset=4, torch_max_steps=6_000),
-                quick=dict(seeds=16, max_steps=4_000, scipy_subset=2, torch_max_steps=1_500),
+                quick=dict(seeds=16, max_steps=4_000, scipy_subset=2, torch_max_steps=1_500,
+                           scipy_max_evals=4_000),
                 tiny=dict(seeds=4, max_steps=2_000, scipy_subset=1, torch_max_steps=30,
                           t1=5.0)),
     "W-C": dict(full=dict(seeds=32, depths=(2, 3, 4, 5, 6, 7, 8), n=256, scipy_subset=2),
-                quick=dict(seeds=4, depths=(2, 3), n=64, scipy_subset=1),
+                quick=dict(seeds=4, depths=(2, 3), n=32, scipy_subset=1),
                 tiny=dict(seeds=2, depths=(2,), n=16, scipy_subset=1, t1=0.3)),
     "W-D": dict(full=dict(seeds=16, scipy_subset=2, torch_max_steps=6_000),
                 quick=dict(seeds=4, scipy_subset=1, torch_max_steps=2_000),
@@ -83,7 +84,8 @@ def workload_b(profile: str) -> list[Problem]:
         net=net, data=data, t1=t1, reduction="sum", rtols=(1e-4, 1e-6, 1e-8),
         gd_steps=(1500, 3000, 6000),
         torch_steps=(1500,), torch_max_steps=s["torch_max_steps"],
-        scipy_subset=s["scipy_subset"], max_steps=s["max_steps"])]
+        scipy_subset=s["scipy_subset"], scipy_max_evals=s.get("scipy_max_evals", 20_000),
+        max_steps=s["max_steps"])]
 
 
 def split_sliding(p: Problem, slides_per_run) -> list[tuple[Problem, np.ndarray]]:
