@@ -18,13 +18,16 @@ TARGETS = (1e-4, 1e-6)  # accuracies at which time-to-accuracy is reported
 FIRST_ORDER = (0.8, 1.25)  # log-log slopes of GD error vs lr accepted as first order
 
 
-def median_time(fn, repeats):
-    """Median wall time of ``repeats`` calls (each blocked until ready), and all of them."""
+def median_time(fn, repeats, budget_s=None):
+    """Median wall time of ``repeats`` calls (each blocked until ready), and all of them. With
+    ``budget_s``, stop repeating once the calls so far took that long (at least one call)."""
     out = []
     for _ in range(max(int(repeats), 1)):
         t = time.perf_counter()
         jax.block_until_ready(fn())
         out.append(time.perf_counter() - t)
+        if budget_s is not None and sum(out) >= budget_s:
+            break
     return statistics.median(out), out
 
 

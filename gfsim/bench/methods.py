@@ -36,6 +36,9 @@ from .measure import (
 from .problem import Problem, hand_loss
 
 REF_RTOL, REF_ATOL = 1e-12, 1e-15
+# Timed repeats of one knob stop once they add up to this many seconds (slow knobs get fewer
+# repeats; the number taken is in each row's steady_all_s).
+REPEAT_BUDGET_S = 3.0
 
 
 def evals_per_step(solver: diffrax.AbstractERK) -> int:
@@ -109,7 +112,7 @@ def bench_gfsim(p: Problem, ref, repeats, *, rtols=None, method="auto", memory=T
         kw = _sim_kwargs(p, rtol=r, max_steps=p.max_steps, method=method)
         fn = functools.partial(simulate, p.net, p.data, p.t1, **kw)
         tr, first = first_call(fn)
-        steady, all_ = median_time(lambda fn=fn: fn().weights, repeats)
+        steady, all_ = median_time(lambda fn=fn: fn().weights, repeats, REPEAT_BUDGET_S)
         row = dict(family="gfsim" if method == "auto" else f"gfsim {resolved}",
                    method=f"gfsim tsit5 ({resolved})", knob=f"rtol={r:g}", rtol=r,
                    steady_s=steady, steady_all_s=all_, first_call_s=first,
@@ -163,7 +166,7 @@ def bench_hand_diffrax(p: Problem, ref, repeats, *, rtols=None, memory=True):
         rj = jnp.asarray(r)
         fn = lambda rj=rj: solve(*args, rj)  # noqa: E731
         (ys, steps, rej), first = first_call(fn)
-        steady, all_ = median_time(fn, repeats)
+        steady, all_ = median_time(fn, repeats, REPEAT_BUDGET_S)
         ys = np.asarray(ys)
         ys = np.where(np.isfinite(ys), ys, np.nan)  # slots a stalled run never reached
         row = dict(family="hand_diffrax", method="hand-written diffrax tsit5 (jit(vmap))",
@@ -187,7 +190,7 @@ def bench_gd(p: Problem, ref, repeats, *, steps_list=None, memory=True):
         fn = functools.partial(gd, p.net, p.data, lr, steps, save_steps=save, loss=p.loss,
                                reduction=p.reduction)
         tr, first = first_call(fn)
-        steady, all_ = median_time(lambda fn=fn: fn().weights, repeats)
+        steady, all_ = median_time(lambda fn=fn: fn().weights, repeats, REPEAT_BUDGET_S)
         row = dict(family="gd_jax", method="GD, JAX (gfsim.gd)", knob=f"lr={lr:.3g}", lr=lr,
                    steps=steps, steady_s=steady, steady_all_s=all_, first_call_s=first,
                    s_per_step=steady / steps, field_evals_median=float(steps),
