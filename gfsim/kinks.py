@@ -377,7 +377,8 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         sc = atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y1))
         err = jnp.sqrt(jnp.mean((yerr / sc) ** 2))
         ok = jnp.isfinite(err) & (err <= 1.0) & jnp.all(jnp.isfinite(y1))
-        return y1, t_next, err, ok, dense, fsal1
+        # the event functions at the step's end, under the same choice of projection
+        return y1, t_next, err, ok, dense, fsal1, ln.events(y1, on, held, project)
 
     def body(s):
         active = ~s["done"]
@@ -389,9 +390,9 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 s["y"], s["t"], s["h"], s["on"], s["held"], s["jump"], s["fsal"], s["si"], data,
             )
 
-        y1, t_next, err, ok, dense, fsal1 = by_projection(proj, do_step)
+        y1, t_next, err, ok, dense, fsal1, E1 = by_projection(proj, do_step)
         ok = ok & active
-        E1 = events_any(y1, s["on"], s["held"]) + s["Eoff"]
+        E1 = E1 + s["Eoff"]
         trig = (E1 < 0) & (E1 < s["E"]) & ok[:, None]
         has_ev = jnp.any(trig, axis=1)
 
@@ -485,19 +486,22 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         held_new = jnp.where(has_ev[:, None], held_new, s["held"])
         # back onto {z_K = 0}: after an accepted sliding step, and after a new capture
         still = ok & jnp.any(held_new, axis=1)
-        y_new = jax.lax.cond(
-            jnp.any(still),
-            lambda: jnp.where(
-                still[:, None],
-                vm(lambda y, o, hl, d: lane(d).project(y, o, hl), y_new, on_new, held_new, data),
-                y_new,
-            ),
-            lambda: y_new,
-        )
-        raw_new = jax.lax.cond(
+        def after_change(project):
+            # the projection (only where some run slides) and the event functions afresh
+            yp = y_new
+            if project:
+                yp = jnp.where(
+                    still[:, None],
+                    vm(lambda y, o, hl, d: lane(d).project(y, o, hl), y_new, on_new, held_new,
+                       data),
+                    y_new,
+                )
+            return yp, ev_all(yp, on_new, held_new, project)
+
+        y_new, raw_new = jax.lax.cond(
             jnp.any(has_ev | still),
-            lambda: events_any(y_new, on_new, held_new),
-            lambda: E1 - s["Eoff"],
+            lambda: by_projection(jnp.any(held_new), after_change),
+            lambda: (y_new, E1 - s["Eoff"]),
         )
         E_reb, off_reb = rebase(raw_new)
         off_new = jnp.where(has_ev[:, None], off_reb, s["Eoff"])
