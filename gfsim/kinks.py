@@ -50,6 +50,8 @@ _LOOP_KIND = "checkpointed"
 # rates. The hysteresis stops grazing exits (lambda touching a bound and returning) from
 # cycling between release and capture; it perturbs the flow only at second order in slack.
 _LAMBDA_SLACK = 1e-7
+# The smaller projection tier: slots for this many held pairs per run (see solve_events).
+_FEW_SLOTS = 4
 _GRAZE = 1e-9
 # A step may span at most this many pending save times (each is interpolated from the step's
 # dense output); more cost interpolations, fewer cost steps cut short at save times.
@@ -165,20 +167,21 @@ class _Lane:
         d = jnp.where(on & ~held, 1.0, self.off)
         return d.reshape(-1, self.m.hsum)
 
-    def held_slots(self, held):
-        K = self.m.cfg.max_sliding
-        (idx,) = jnp.nonzero(held, size=K, fill_value=0)
-        valid = jnp.arange(K) < jnp.sum(held)
+    def held_slots(self, held, slots: int):
+        (idx,) = jnp.nonzero(held, size=slots, fill_value=0)
+        valid = jnp.arange(slots) < jnp.sum(held)
         return idx, valid
 
-    def field(self, theta, on, held, project: bool):
-        """The (possibly sliding) field and the multipliers lambda of the held pairs."""
+    def field(self, theta, on, held, project: int):
+        """The (possibly sliding) field and the multipliers lambda of the held pairs.
+        ``project``: 0 for the plain field, else the number of slots for held pairs (static;
+        at least the number of held pairs)."""
         D = self.slopes(on, held)
         g, c = self.m.grad_and_c(theta, self.data, D)
         F = -g
         if not project:
             return F, None
-        idx, valid = self.held_slots(held)
+        idx, valid = self.held_slots(held, project)
         J = self.m.jac_rows(theta, self.data, D, idx, valid)
         mcoef = _solve_gram(J, valid, J @ F)
         F = F - J.T @ mcoef
@@ -199,7 +202,7 @@ class _Lane:
             lam = lam_of(self.m.grad_and_c(theta, self.data, D_lam)[1])
         return F, lam
 
-    def events(self, theta, on, held, project: bool):
+    def events(self, theta, on, held, project: int):
         """Event functions, all >= 0 while nothing happens: side * z for free pairs,
         lambda - off and 1 - lambda for held ones (+inf where not applicable)."""
         D = self.slopes(on, held)
@@ -209,7 +212,7 @@ class _Lane:
         slack = _Z_SLACK * jax.lax.stop_gradient(scale)
         cross = jnp.where(held, jnp.inf, side * z + slack)
         if project:
-            _, lam = self.field(theta, on, held, True)
+            _, lam = self.field(theta, on, held, project)
             ls = _LAMBDA_SLACK * (1.0 - self.off)
             lo = jnp.where(held, lam - self.off + ls, jnp.inf)
             hi = jnp.where(held, 1.0 - lam + ls, jnp.inf)
@@ -217,17 +220,18 @@ class _Lane:
             lo = hi = jnp.full(z.shape, jnp.inf, z.dtype)
         return jnp.concatenate([cross, lo, hi])
 
-    def project(self, theta, on, held):
+    def project(self, theta, on, held, slots: int):
         D = self.slopes(on, held)
-        idx, valid = self.held_slots(held)
+        idx, valid = self.held_slots(held, slots)
         for _ in range(2):
             z = self.m.zflat(theta, self.data, D)[idx]
             J = self.m.jac_rows(theta, self.data, D, idx, valid)
             theta = theta - J.T @ _solve_gram(J, valid, jnp.where(valid, z, 0.0))
         return theta
 
-    def decide(self, theta, on, held, hit, project=True):
-        """For the pairs ``hit`` that reached their kink: cross (flip side) or slide (hold)."""
+    def decide(self, theta, on, held, hit, project: int):
+        """For the pairs ``hit`` that reached their kink: cross (flip side) or slide (hold).
+        ``project``: as for :meth:`field`, with room for the held pairs AND the hit ones."""
         P = held.shape[0]
         zfun = lambda th: self.m.zflat(th, self.data, self.slopes(on, held))  # noqa: E731
 
@@ -249,7 +253,7 @@ class _Lane:
             # pairs, to the side lambda points to, until the set is consistent.
             ls = _LAMBDA_SLACK * (1.0 - self.off)
             for _ in range(_RELEASE_ROUNDS):
-                _, lam = self.field(theta, new_on, new_held, True)
+                _, lam = self.field(theta, new_on, new_held, project)
                 lo = new_held & (lam < self.off - ls)
                 hi = new_held & (lam > 1.0 + ls)
                 new_held = new_held & ~(lo | hi)
@@ -279,10 +283,22 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
     def lane(d):
         return _Lane(model, d)
 
-    def by_projection(flag, fn):
-        """fn(True) if any run slides, else fn(False): one choice for the whole batch, so the
-        projection's cost is paid only on iterations where some run needs it."""
-        return jax.lax.cond(flag, lambda: fn(True), lambda: fn(False))
+    # Projection tiers: no projection, a few slots, all max_sliding slots. One choice for the
+    # whole batch, from the most held pairs in any run, so the projection's cost (a backward
+    # pass per slot) is paid only on iterations where some run needs it, and only for as many
+    # slots as the busiest run needs.
+    tiers = (0, min(_FEW_SLOTS, K), K) if _FEW_SLOTS < K else (0, K)
+
+    def tier_index(count):
+        n = jnp.max(count)
+        idx = jnp.full((), len(tiers) - 1, jnp.int32)
+        for i in range(len(tiers) - 2, 0, -1):
+            idx = jnp.where(n <= tiers[i], i, idx)
+        return jnp.where(n == 0, 0, idx)
+
+    def by_projection(count, fn):
+        """fn(slots) for the tier that fits ``count`` (held pairs per run)."""
+        return jax.lax.switch(tier_index(count), [lambda s_=s_: fn(s_) for s_ in tiers])
 
     def vm(fn, *args):
         return jax.vmap(fn)(*args)
@@ -297,7 +313,8 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
     held0 = jnp.zeros((R, P), bool)
 
     def decide_all(theta, on, held, hit):
-        return vm(lambda th, o, h, k, d: lane(d).decide(th, o, h, k), theta, on, held, hit, data)
+        return vm(lambda th, o, h, k, d: lane(d).decide(th, o, h, k, K), theta, on, held, hit,
+                  data)
 
     on0, held0, _ = jax.lax.cond(
         jnp.any(at0), decide_all, lambda th, o, h, k: (o, h, jnp.zeros_like(h)), theta0, on0,
@@ -305,7 +322,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
     )
     theta0 = jax.lax.cond(
         jnp.any(held0),
-        lambda th: vm(lambda t_, o, h, d: lane(d).project(t_, o, h), th, on0, held0, data),
+        lambda th: vm(lambda t_, o, h, d: lane(d).project(t_, o, h, K), th, on0, held0, data),
         lambda th: th,
         theta0,
     )
@@ -314,7 +331,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         return vm(lambda th, o, h, d: lane(d).events(th, o, h, project), theta, on, held, data)
 
     def events_any(theta, on, held):
-        return by_projection(jnp.any(held), lambda pr: ev_all(theta, on, held, pr))
+        return by_projection(jnp.sum(held, axis=1), lambda pr: ev_all(theta, on, held, pr))
 
     # Event values are kept with a per-pair offset: a pair that sits a hair on the wrong side
     # right after a change (a bounce off its kink) starts its next search strictly positive.
@@ -326,7 +343,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
 
     # -- initial step size (Hairer's heuristic, first half) ---------------------------------
     F0 = by_projection(
-        jnp.any(held0),
+        jnp.sum(held0, axis=1),
         lambda pr: vm(lambda th, o, h, d: lane(d).field(th, o, h, pr)[0], theta0, on0, held0,
                       data),
     )
@@ -382,7 +399,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
 
     def body(s):
         active = ~s["done"]
-        proj = jnp.any(s["held"] & active[:, None])
+        n_held = jnp.sum(s["held"] & active[:, None], axis=1)
 
         def do_step(project):
             return vm(
@@ -390,7 +407,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 s["y"], s["t"], s["h"], s["on"], s["held"], s["jump"], s["fsal"], s["si"], data,
             )
 
-        y1, t_next, err, ok, dense, fsal1, E1 = by_projection(proj, do_step)
+        y1, t_next, err, ok, dense, fsal1, E1 = by_projection(n_held, do_step)
         ok = ok & active
         E1 = E1 + s["Eoff"]
         trig = (E1 < 0) & (E1 < s["E"]) & ok[:, None]
@@ -399,7 +416,13 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         def interp(t0_, t1_, dn, tq):
             return solver.interpolation_cls(t0=t0_, t1=t1_, **dn).evaluate(tq)
 
-        def locate(project):
+        def locate(project_all):
+            # Only the multiplier events (lambda reaching 0 or 1) need the projection; when no
+            # run has one triggered, the search evaluates the pre-activations alone.
+            need_lam = jnp.any(trig[:, P:])
+            return jax.lax.cond(need_lam, lambda: _locate(project_all), lambda: _locate(0))
+
+        def _locate(project):
             # Illinois on phi(tau) = min over triggered functions, along the dense output.
             def phi(tau, t0_, t1_, dn, on, held, d, tr, off):
                 y = interp(t0_, t1_, dn, t0_ + tau * (t1_ - t0_))
@@ -475,10 +498,13 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         def no_event_branch():
             return t_next, y1, s["on"], s["held"], zeros_R, zeros_R
 
-        # One switch for the whole batch: no event anywhere, events without / with sliding.
-        branch = jnp.where(jnp.any(has_ev), jnp.where(proj, 2, 1), 0)
+        # One switch for the whole batch: no event anywhere, or events in a projection tier
+        # with room for the held pairs and those that may be captured now (none where nothing
+        # slides yet: captures into an empty set are decided pair by pair, as before).
+        n_ev = jnp.where(n_held > 0, jnp.sum((s["held"] | trig[:, :P]) & active[:, None], 1), 0)
+        branch = jnp.where(jnp.any(has_ev), 1 + tier_index(n_ev), 0)
         t_end, y_end, on_new, held_new, n_cross, n_slide = jax.lax.switch(
-            branch, (no_event_branch, lambda: event_branch(False), lambda: event_branch(True))
+            branch, [no_event_branch] + [lambda s_=s_: event_branch(s_) for s_ in tiers]
         )
         y_new = y_end
         y_new = jnp.where(has_ev[:, None], y_new, y_end)
@@ -492,15 +518,15 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
             if project:
                 yp = jnp.where(
                     still[:, None],
-                    vm(lambda y, o, hl, d: lane(d).project(y, o, hl), y_new, on_new, held_new,
-                       data),
+                    vm(lambda y, o, hl, d: lane(d).project(y, o, hl, project), y_new, on_new,
+                       held_new, data),
                     y_new,
                 )
             return yp, ev_all(yp, on_new, held_new, project)
 
         y_new, raw_new = jax.lax.cond(
             jnp.any(has_ev | still),
-            lambda: by_projection(jnp.any(held_new), after_change),
+            lambda: by_projection(jnp.sum(held_new, axis=1), after_change),
             lambda: (y_new, E1 - s["Eoff"]),
         )
         E_reb, off_reb = rebase(raw_new)
