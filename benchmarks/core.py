@@ -17,7 +17,6 @@ import platform
 import sys
 import time
 
-import equinox as eqx
 import jax
 import numpy as np
 
@@ -26,29 +25,10 @@ import gfsim
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import median_time  # noqa: E402
 
+from gfsim.bench.methods import batched_gradient_time  # noqa: E402
+from gfsim.bench.suite import persistent_cache  # noqa: E402
+
 TSIT5_EVALS_PER_STEP = 6  # 7 stages, first same as last
-
-
-def bare_gradient_time(net, data, loss, reduction, inner=2000):
-    """Seconds per batched gradient evaluation, amortised inside one compiled loop."""
-    params, skeleton = eqx.partition(net, eqx.is_array)
-
-    def grad_one(p, d):
-        return jax.grad(lambda q: gfsim.objective(eqx.combine(q, skeleton), d, loss, reduction))(p)
-
-    batched = jax.vmap(grad_one, in_axes=(0, 0 if data.is_batched else None))
-
-    @jax.jit
-    def loop(p, d):
-        def body(_, q):
-            g = batched(q, d)
-            return jax.tree_util.tree_map(lambda a, b: a - 1e-12 * b, q, g)
-
-        return jax.lax.fori_loop(0, inner, body, p)
-
-    jax.block_until_ready(loop(params, data))
-    med, _ = median_time(lambda: loop(params, data), 3)
-    return med / inner
 
 
 def experiment_a(repeats):
@@ -84,7 +64,7 @@ def w_b(repeats, max_steps=20_000):
     jax.block_until_ready(tr.loss)
     first = time.perf_counter() - t
     steady, all_ = median_time(lambda: gfsim.simulate(net, data, 50.0, **kw).loss, repeats)
-    g = bare_gradient_time(net, data, "square", "sum")
+    g = batched_gradient_time(net, data, "square", "sum", 2000)
     lock_steps = int(tr.num_steps.max())
     evals = TSIT5_EVALS_PER_STEP * lock_steps
     stalled = np.asarray(tr.status) == gfsim.Status.MAX_STEPS
@@ -112,36 +92,12 @@ def w_b(repeats, max_steps=20_000):
         steady2, _ = median_time(
             lambda: gfsim.simulate(sub_net, sub_data, 50.0, **kw).loss, repeats
         )
-        g2 = bare_gradient_time(sub_net, sub_data, "square", "sum")
+        g2 = batched_gradient_time(sub_net, sub_data, "square", "sum", 2000)
         evals2 = TSIT5_EVALS_PER_STEP * int(tr2.num_steps.max())
         out["smooth_subset"] = dict(runs=int(len(idx)), steady_s=steady2,
                                     solver_overhead=steady2 / (evals2 * g2),
                                     lockstep_waste=tr2.lockstep_waste())
     return out
-
-
-_FIRST_CALL = """
-import time, jax, gfsim
-data = gfsim.data.paper_pair()
-net = gfsim.MLP((2, 2, 2), key=jax.random.key(0), init="disk", scale=1e-4, runs=288)
-t = time.perf_counter()
-jax.block_until_ready(gfsim.simulate(net, data, 300.0, reduction="mean", rtol=1e-8).loss)
-print(time.perf_counter() - t)
-"""
-
-
-def persistent_cache():
-    """First-call time of experiment A in two fresh processes sharing an empty cache dir."""
-    import subprocess
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, GFSIM_CACHE_DIR=cache)
-        times = [float(subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, check=True,
-                                      capture_output=True, text=True).stdout.split()[-1])
-                 for _ in range(2)]
-    return dict(first_process_first_call_s=times[0], second_process_first_call_s=times[1])
 
 
 def main(argv=None):

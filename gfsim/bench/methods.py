@@ -352,13 +352,18 @@ def bench_torch(p: Problem, ref, *, steps_list=None, max_steps=None, threads=1):
 
 
 def bare_gradient_time(p: Problem, inner=1000):
+    """Seconds per batched gradient evaluation of all runs of a problem (see
+    :func:`batched_gradient_time`): the unit of the solver overhead."""
+    return batched_gradient_time(p.net, p.data, p.loss, p.reduction, inner)
+
+
+def batched_gradient_time(net, data, loss, reduction, inner=1000):
     """Seconds per batched gradient evaluation of all runs, amortised inside one compiled loop
-    (no dispatch): the unit of the solver overhead."""
-    net, data = p.net, p.data
+    (no dispatch)."""
     params, skeleton = eqx.partition(net, eqx.is_array)
 
     def grad_one(q, d):
-        return jax.grad(lambda q: objective(eqx.combine(q, skeleton), d, p.loss, p.reduction))(q)
+        return jax.grad(lambda q: objective(eqx.combine(q, skeleton), d, loss, reduction))(q)
 
     batched = jax.vmap(grad_one, in_axes=(0, 0 if data.is_batched else None))
 
