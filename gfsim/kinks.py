@@ -318,16 +318,15 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
     def ev_all(theta, on, held, project):
         return vm(lambda th, o, h, d: lane(d).events(th, o, h, project), theta, on, held, data)
 
-    def events_any(theta, on, held):
-        return by_projection(jnp.any(held), lambda pr: ev_all(theta, on, held, pr))
-
     # Event values are kept with a per-pair offset: a pair that sits a hair on the wrong side
     # right after a change (a bounce off its kink) starts its next search strictly positive.
     def rebase(raw):
         off = jnp.where(raw < 0, -2.0 * raw, 0.0)
         return raw + off, off
 
-    E0, Eoff0 = rebase(events_any(theta0, on0, held0))
+    E0, Eoff0 = rebase(
+        by_projection(jnp.any(held0), lambda pr: ev_all(theta0, on0, held0, pr))
+    )
 
     # -- initial step size (Hairer's heuristic, first half) ---------------------------------
     F0 = by_projection(
@@ -387,7 +386,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
 
     def body(s):
         active = ~s["done"]
-        n_held = jnp.sum(s["held"] & active[:, None], axis=1)
+        sliding = jnp.any(s["held"] & active[:, None])
 
         def do_step(project):
             return vm(
@@ -395,7 +394,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 s["y"], s["t"], s["h"], s["on"], s["held"], s["jump"], s["fsal"], s["si"], data,
             )
 
-        y1, t_next, err, ok, dense, fsal1, E1 = by_projection(jnp.any(n_held > 0), do_step)
+        y1, t_next, err, ok, dense, fsal1, E1 = by_projection(sliding, do_step)
         ok = ok & active
         E1 = E1 + s["Eoff"]
         trig = (E1 < 0) & (E1 < s["E"]) & ok[:, None]
@@ -487,12 +486,13 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
             return t_next, y1, s["on"], s["held"], zeros_R, zeros_R
 
         # One switch for the whole batch: no event anywhere, events without / with sliding.
-        branch = jnp.where(jnp.any(has_ev), jnp.where(jnp.any(n_held > 0), 2, 1), 0)
+        branch = jnp.where(jnp.any(has_ev), jnp.where(sliding, 2, 1), 0)
         t_end, y_end, on_new, held_new, n_cross, n_slide = jax.lax.switch(
             branch, (no_event_branch, lambda: event_branch(0), lambda: event_branch(K))
         )
         y_new = y_end
-        y_new = jnp.where(has_ev[:, None], y_new, y_end)
+        # keep the changes of runs with an event only (the release pass of decide runs on every
+        # run of the event branch)
         on_new = jnp.where(has_ev[:, None], on_new, s["on"])
         held_new = jnp.where(has_ev[:, None], held_new, s["held"])
         # back onto {z_K = 0}: after an accepted sliding step, and after a new capture
