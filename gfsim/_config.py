@@ -11,7 +11,8 @@ moves it; ``GFSIM_CACHE_DIR=0`` turns it off. If ``JAX_COMPILATION_CACHE_DIR`` i
 setting is used for the directory. Either way small programs are cached too. So that the
 compiled solve can be cached at all, gfsim sets ``EQX_ON_ERROR=nan`` unless it is already set
 (Equinox's runtime checks otherwise use host callbacks, which JAX does not cache); import gfsim
-before equinox for it to take effect.
+before equinox for it to take effect. The traced solves themselves are kept beside the cache
+(``gfsim._exported``; ``GFSIM_TRACE_CACHE=0`` turns that off).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
+from . import _exported
 from ._registry import Registry
 from .data import Dataset
 from .losses import LOSSES, check_reduction, loss_value
@@ -345,7 +346,9 @@ def simulate(
         method=method,
         max_sliding=int(max_sliding),
     )
-    ts, out = _run(net, data, t1, ts, rtol, atol, stop, cfg)
+    # a stored export of this solve's traced program, when one applies (see gfsim._exported)
+    res = _exported.cached_call(_run, (net, data, t1, ts, rtol, atol, stop), cfg)
+    ts, out = res if res is not None else _run(net, data, t1, ts, rtol, atol, stop, cfg)
     return Trajectory(
         ts=ts,
         **out,
