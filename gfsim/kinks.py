@@ -379,7 +379,10 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         # (Diffrax does that for the whole batch if any run needs it).
         y1, yerr, dense, fsal1, _ = solver.step(term, t, t_next, y, None, fsal, jump)
         sc = atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y1))
-        err = jnp.sqrt(jnp.mean((yerr / sc) ** 2))
+        # sqrt with a finite derivative at 0: a run that is done takes zero-length steps while
+        # others go on, and sqrt'(0) = inf would make its gradient NaN (0 * inf)
+        ms = jnp.mean((yerr / sc) ** 2)
+        err = jnp.where(ms > 0, jnp.sqrt(jnp.where(ms > 0, ms, 1.0)), 0.0)
         ok = jnp.isfinite(err) & (err <= 1.0) & jnp.all(jnp.isfinite(y1))
         # the event functions at the step's end, under the same choice of projection
         return y1, t_next, err, ok, dense, fsal1, ln.events(y1, on, held, project)
@@ -423,8 +426,15 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
 
                 def it(c):
                     a, b, fa, fb, side, fbt = c
-                    x = (a * fb - b * fa) / (fb - fa)
-                    x = jnp.where(jnp.isfinite(x) & (x > a) & (x < b), x, 0.5 * (a + b))
+                    # secant point; in a run with no triggered event fa, fb are not finite, and
+                    # the masked-out division must stay finite too (its derivative would turn
+                    # the run's gradient into NaN: 0 * NaN)
+                    den = fb - fa
+                    fine = jnp.isfinite(fa) & jnp.isfinite(fb) & (den != 0)
+                    x = (a * jnp.where(fine, fb, 1.0) - b * jnp.where(fine, fa, 0.0)) / jnp.where(
+                        fine, den, 1.0
+                    )
+                    x = jnp.where(fine & (x > a) & (x < b), x, 0.5 * (a + b))
                     fx = phi(x, t0_, t1_, dn, on, held, d, tr, off)
                     neg = fx < 0
                     # Illinois: halve the retained end's value when the same end stays twice

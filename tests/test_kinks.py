@@ -208,3 +208,25 @@ def test_gradient_through_crossings_and_slides_matches_finite_differences():
     eps = 1e-5
     fd = (final_loss(data.Y + eps * d)[0] - final_loss(data.Y - eps * d)[0]) / (2 * eps)
     np.testing.assert_allclose(float(jnp.sum(g * d)), float(fd), rtol=1e-6)
+
+
+def test_batched_gradient_with_runs_of_different_lengths_is_each_runs_own():
+    # A run that is done takes zero-length steps while the others go on, and a run with no event
+    # rides through the event search of one that has one: neither may leak NaN (0 * inf) into
+    # its gradient, which must be exactly what the run alone gives.
+    kd, kn = jax.random.split(jax.random.key(6))
+    net, data = gfsim.MLP((3, 2, 1), key=kn, runs=2, scale=0.5), gfsim.data.sphere(kd, 3, 3)
+
+    def loss(ws):
+        tr = gfsim.simulate(gfsim.MLP.from_weights(ws), data, 0.5, rtol=1e-8, num_saves=2,
+                            method="events")
+        return tr.final_loss.sum(), tr
+
+    (_, tr), g = jax.value_and_grad(loss, has_aux=True)(list(net.weights))
+    steps = np.asarray(tr.num_steps)
+    assert steps[0] != steps[1] and np.asarray(tr.num_crossings).max() >= 1
+    for r in range(2):
+        g1 = jax.grad(lambda ws: loss(ws)[0])([w[r] for w in net.weights])
+        for a, b in zip(g, g1):
+            assert np.all(np.isfinite(np.asarray(a[r])))
+            np.testing.assert_allclose(a[r], b, rtol=1e-9, atol=1e-12)
