@@ -72,6 +72,7 @@ class EventConfig:
     max_steps: int
     max_sliding: int
     has_stop: bool
+    lanes: int | None = None  # runs advanced at once (None: all); fewer lanes refill
 
 
 def _parts(net):
@@ -291,32 +292,15 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
     def vm(fn, *args):
         return jax.vmap(fn)(*args)
 
-    # -- initial pattern and initial kinks --------------------------------------------------
-    def init_one(theta, d):
-        net1 = eqx.combine(unravel(theta), skeleton)
-        z = jnp.concatenate(net1.preactivations(d.X)[:-1], axis=-1).reshape(-1)
-        return z > 0, z == 0
+    # Lanes: the loop advances L runs at a time. With L < R a lane whose run is done takes the
+    # next pending run (refill), so lanes do not idle while the longest run of a batch finishes.
+    L = R if cfg.lanes is None else min(int(cfg.lanes), R)
+    refill = L < R
+    S0 = jnp.sum(ts <= 0).astype(jnp.int32)  # save slots at t = 0
+    at_zero = ts <= 0
 
-    on0, at0 = vm(init_one, theta0, data)
-    held0 = jnp.zeros((R, P), bool)
-
-    def decide_all(theta, on, held, hit):
-        return vm(lambda th, o, h, k, d: lane(d).decide(th, o, h, k, K), theta, on, held, hit,
-                  data)
-
-    on0, held0, _ = jax.lax.cond(
-        jnp.any(at0), decide_all, lambda th, o, h, k: (o, h, jnp.zeros_like(h)), theta0, on0,
-        held0, at0,
-    )
-    theta0 = jax.lax.cond(
-        jnp.any(held0),
-        lambda th: vm(lambda t_, o, h, d: lane(d).project(t_, o, h, K), th, on0, held0, data),
-        lambda th: th,
-        theta0,
-    )
-
-    def ev_all(theta, on, held, project):
-        return vm(lambda th, o, h, d: lane(d).events(th, o, h, project), theta, on, held, data)
+    def ev_all(theta, on, held, project, dat):
+        return vm(lambda th, o, h, d: lane(d).events(th, o, h, project), theta, on, held, dat)
 
     # Event values are kept with a per-pair offset: a pair that sits a hair on the wrong side
     # right after a change (a bounce off its kink) starts its next search strictly positive.
@@ -324,50 +308,99 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         off = jnp.where(raw < 0, -2.0 * raw, 0.0)
         return raw + off, off
 
-    E0, Eoff0 = rebase(
-        by_projection(jnp.any(held0), lambda pr: ev_all(theta0, on0, held0, pr))
-    )
-
-    # -- initial step size (Hairer's heuristic, first half) ---------------------------------
-    F0 = by_projection(
-        jnp.any(held0),
-        lambda pr: vm(lambda th, o, h, d: lane(d).field(th, o, h, pr)[0], theta0, on0, held0,
-                      data),
-    )
-    scale0 = atol + rtol * jnp.abs(theta0)
-    d0 = jnp.sqrt(jnp.mean((theta0 / scale0) ** 2, axis=1))
-    d1 = jnp.sqrt(jnp.mean((F0 / scale0) ** 2, axis=1))
-    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.maximum(d1, 1e-300))
-    h0 = jnp.minimum(h0, t1)
-
-    zeros_R = jnp.zeros((R,), jnp.int32)
-    saves0 = jnp.full((R, S, p), jnp.nan, dtype)
-    saves0 = jnp.where((ts == 0)[None, :, None], theta0[:, None, :], saves0)
-    sheld0 = jnp.where((ts == 0)[None, :, None], held0[:, None, :], False)
     dummy = diffrax.ODETerm(lambda t, y, a: y)
-    fsal0 = jax.vmap(lambda th: solver.init(dummy, 0.0, 1.0, th, None))(theta0)
 
-    state0 = dict(
-        t=jnp.zeros((R,), dtype),
-        y=theta0,
-        h=h0,
-        on=on0,
-        held=held0,
-        E=E0,
-        Eoff=Eoff0,
-        jump=jnp.ones((R,), bool),
-        done=jnp.zeros((R,), bool),
-        status=zeros_R + int(Status.REACHED_T1),
-        steps=zeros_R,
-        accepted=zeros_R,
-        rejected=zeros_R,
-        crossings=zeros_R,
-        slides=jnp.sum(held0, axis=1).astype(jnp.int32),
-        saves=saves0,
-        sheld=sheld0,
-        si=jnp.full((R,), jnp.sum(ts <= 0), jnp.int32),
-        fsal=fsal0,
-    )
+    def init_lanes(theta0, dat):
+        """The starting state of a batch of lanes: pattern, initial kinks, event values, first
+        step size."""
+        B = theta0.shape[0]
+
+        def init_one(theta, d):
+            net1 = eqx.combine(unravel(theta), skeleton)
+            z = jnp.concatenate(net1.preactivations(d.X)[:-1], axis=-1).reshape(-1)
+            return z > 0, z == 0
+
+        on0, at0 = vm(init_one, theta0, dat)
+        held0 = jnp.zeros((B, P), bool)
+
+        def decide_all(theta, on, held, hit):
+            return vm(lambda th, o, h, k, d: lane(d).decide(th, o, h, k, K), theta, on, held,
+                      hit, dat)
+
+        on0, held0, _ = jax.lax.cond(
+            jnp.any(at0), decide_all, lambda th, o, h, k: (o, h, jnp.zeros_like(h)), theta0,
+            on0, held0, at0,
+        )
+        theta0 = jax.lax.cond(
+            jnp.any(held0),
+            lambda th: vm(lambda t_, o, h, d: lane(d).project(t_, o, h, K), th, on0, held0,
+                          dat),
+            lambda th: th,
+            theta0,
+        )
+        E0, Eoff0 = rebase(
+            by_projection(jnp.any(held0), lambda pr: ev_all(theta0, on0, held0, pr, dat))
+        )
+        # initial step size (Hairer's heuristic, first half)
+        F0 = by_projection(
+            jnp.any(held0),
+            lambda pr: vm(lambda th, o, h, d: lane(d).field(th, o, h, pr)[0], theta0, on0,
+                          held0, dat),
+        )
+        scale0 = atol + rtol * jnp.abs(theta0)
+        d0 = jnp.sqrt(jnp.mean((theta0 / scale0) ** 2, axis=1))
+        d1 = jnp.sqrt(jnp.mean((F0 / scale0) ** 2, axis=1))
+        h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.maximum(d1, 1e-300))
+        h0 = jnp.minimum(h0, t1)
+        zeros = jnp.zeros((B,), jnp.int32)
+        return dict(
+            t=jnp.zeros((B,), dtype),
+            y=theta0,
+            h=h0,
+            on=on0,
+            held=held0,
+            E=E0,
+            Eoff=Eoff0,
+            jump=jnp.ones((B,), bool),
+            done=jnp.zeros((B,), bool),
+            status=zeros + int(Status.REACHED_T1),
+            steps=zeros,
+            accepted=zeros,
+            rejected=zeros,
+            crossings=zeros,
+            slides=jnp.sum(held0, axis=1).astype(jnp.int32),
+            si=jnp.full((B,), S0, jnp.int32),
+            fsal=jax.vmap(lambda th: solver.init(dummy, 0.0, 1.0, th, None))(theta0),
+        )
+
+    def take(tree, idx):
+        return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+    def put_start(saves, sheld, rows, st):
+        """The t = 0 save slots of runs ``rows`` (R: none) from their starting state."""
+        where_to = jnp.where(at_zero[None, :], jnp.arange(S)[None, :], S)
+        saves = saves.at[rows[:, None], where_to].set(
+            jnp.broadcast_to(st["y"][:, None, :], (rows.shape[0], S, p)), mode="drop")
+        sheld = sheld.at[rows[:, None], where_to].set(
+            jnp.broadcast_to(st["held"][:, None, :], (rows.shape[0], S, P)), mode="drop")
+        return saves, sheld
+
+    lanes0 = init_lanes(theta0[:L], take(data, jnp.arange(L)))
+    zeros_L = jnp.zeros((L,), jnp.int32)
+    rid0 = jnp.arange(L, dtype=jnp.int32)
+    saves0, sheld0 = put_start(jnp.full((R, S, p), jnp.nan, dtype),
+                               jnp.zeros((R, S, P), bool), rid0, lanes0)
+    state0 = dict(lanes0, saves=saves0, sheld=sheld0, it=jnp.zeros((), jnp.int32))
+    # what is kept of a run when it is done (per run, R rows), and which lanes hold which run
+    KEEP = ("t", "y", "on", "held", "status", "steps", "accepted", "rejected", "crossings",
+            "slides")
+    if refill:
+        state0.update(
+            d=take(data, jnp.arange(L)),
+            rid=rid0,
+            nxt=jnp.asarray(L, jnp.int32),
+            runs={k: jnp.zeros((R,) + lanes0[k].shape[1:], lanes0[k].dtype) for k in KEEP},
+        )
 
     def step_one(y, t, h, on, held, jump, fsal, si, d, project):
         ln = lane(d)
@@ -388,13 +421,14 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         return y1, t_next, err, ok, dense, fsal1, ln.events(y1, on, held, project)
 
     def body(s):
+        dat = s["d"] if refill else data  # each lane's dataset
         active = ~s["done"]
         sliding = jnp.any(s["held"] & active[:, None])
 
         def do_step(project):
             return vm(
                 lambda y, t, h, o, hl, j, f, i, d: step_one(y, t, h, o, hl, j, f, i, d, project),
-                s["y"], s["t"], s["h"], s["on"], s["held"], s["jump"], s["fsal"], s["si"], data,
+                s["y"], s["t"], s["h"], s["on"], s["held"], s["jump"], s["fsal"], s["si"], dat,
             )
 
         y1, t_next, err, ok, dense, fsal1, E1 = by_projection(sliding, do_step)
@@ -461,7 +495,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 return b
 
             return vm(
-                one, s["t"], t_next, dense, s["on"], s["held"], data, trig, s["E"], s["Eoff"]
+                one, s["t"], t_next, dense, s["on"], s["held"], dat, trig, s["E"], s["Eoff"]
             )
 
         # -- pattern changes at the event --------------------------------------------------
@@ -483,7 +517,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 count = lambda m: jnp.sum(m).astype(jnp.int32)  # noqa: E731
                 return y, on3, held3, count(crossed), count(slid)
 
-            return vm(one, y_end, s["on"], s["held"], trig, data, s["Eoff"])
+            return vm(one, y_end, s["on"], s["held"], trig, dat, s["Eoff"])
 
         def event_branch(project):
             # locate the first root in the step, cut the step there, apply the changes
@@ -493,7 +527,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
             return (t_end, y_end) + apply_events(project, y_end)[1:]
 
         def no_event_branch():
-            return t_next, y1, s["on"], s["held"], zeros_R, zeros_R
+            return t_next, y1, s["on"], s["held"], zeros_L, zeros_L
 
         # One switch for the whole batch: no event anywhere, events without / with sliding.
         branch = jnp.where(jnp.any(has_ev), jnp.where(sliding, 2, 1), 0)
@@ -514,10 +548,10 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 yp = jnp.where(
                     still[:, None],
                     vm(lambda y, o, hl, d: lane(d).project(y, o, hl, project), y_new, on_new,
-                       held_new, data),
+                       held_new, dat),
                     y_new,
                 )
-            return yp, ev_all(yp, on_new, held_new, project)
+            return yp, ev_all(yp, on_new, held_new, project, dat)
 
         y_new, raw_new = jax.lax.cond(
             jnp.any(has_ev | still),
@@ -532,7 +566,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         # Steps end at the _SAVE_SLOTS-th pending save time at the latest (see step_one), so
         # at most that many slots, from si on, fall in a step: only those are interpolated.
         M = _SAVE_SLOTS
-        slots = jnp.minimum(s["si"][:, None] + jnp.arange(M)[None, :], S - 1)  # (R, M)
+        slots = jnp.minimum(s["si"][:, None] + jnp.arange(M)[None, :], S - 1)  # (L, M)
         tq = ts[slots]
         due = (tq <= t_end[:, None]) & (s["si"][:, None] + jnp.arange(M)[None, :] < S)
         due = due & ok[:, None]
@@ -545,16 +579,16 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 s["t"], t_next, dense, tq,
             )
 
-        vals = jax.lax.cond(jnp.any(due), save_vals, lambda: jnp.zeros((R, M, p), dtype))
+        vals = jax.lax.cond(jnp.any(due), save_vals, lambda: jnp.zeros((L, M, p), dtype))
         # the state after an event belongs to the new pattern: an exact hit on t_end saves it
         vals = jnp.where((tq == t_end[:, None])[:, :, None] & has_ev[:, None, None],
                          y_new[:, None, :], vals)
         # scatter (not a select over all slots): slots that are not due go out of range
-        rows = jnp.arange(R)[:, None]
+        rows = (s["rid"] if refill else jnp.arange(L))[:, None]  # idle lanes: R, dropped
         where_to = jnp.where(due, slots, S)
         saves = s["saves"].at[rows, where_to].set(vals, mode="drop")
         sheld = s["sheld"].at[rows, where_to].set(
-            jnp.broadcast_to(s["held"][:, None, :], (R, M, P)), mode="drop"
+            jnp.broadcast_to(s["held"][:, None, :], (L, M, P)), mode="drop"
         )
         si_new = s["si"] + jnp.sum(due, axis=1).astype(jnp.int32)
 
@@ -582,7 +616,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         if cfg.has_stop:
             lval = vm(
                 lambda y, o, hl, d: model.loss(y, d, lane(d).slopes(o, hl)),
-                y_keep, on_keep, held_keep, data,
+                y_keep, on_keep, held_keep, dat,
             )
             hit_stop = active & ok & (lval < stop_loss) & ~done
             status = jnp.where(hit_stop, int(Status.STOP_LOSS), status)
@@ -591,7 +625,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         exhausted = active & ~done & (steps >= cfg.max_steps)
         status = jnp.where(exhausted, int(Status.MAX_STEPS), status)
         done = done | exhausted
-        return dict(
+        new = dict(
             t=t_new,
             y=y_keep,
             h=h_new,
@@ -601,7 +635,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
             Eoff=Eoff_keep,
             jump=jnp.where(ok, has_ev | still, s["jump"]),
             fsal=jax.tree_util.tree_map(
-                lambda a, b: jnp.where(ok.reshape((R,) + (1,) * (a.ndim - 1)), a, b),
+                lambda a, b: jnp.where(ok.reshape((L,) + (1,) * (a.ndim - 1)), a, b),
                 fsal1, s["fsal"],
             ),
             done=done,
@@ -614,15 +648,49 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
             saves=saves,
             sheld=sheld,
             si=si_new,
+            it=s["it"] + 1,
         )
+        if not refill:
+            return new
+        new.update(d=s["d"], rid=s["rid"], nxt=s["nxt"], runs=s["runs"])
+        return jax.lax.cond(jnp.any(new["done"] & (new["rid"] < R)), store_and_load,
+                            lambda st: st, new)
+
+    def store_and_load(st):
+        """Keep what is needed of the runs that are done; give their lanes the next pending
+        runs (lanes left without one idle, with run index R)."""
+        fin = st["done"] & (st["rid"] < R)
+        to = jnp.where(fin, st["rid"], R)
+        runs = {k: st["runs"][k].at[to].set(st[k], mode="drop") for k in KEEP}
+        new_rid = st["nxt"] + jnp.cumsum(fin).astype(jnp.int32) - 1
+        load = fin & (new_rid < R)
+        cand = jnp.where(load, new_rid, 0)
+        fresh = init_lanes(theta0[cand], take(data, cand))
+        out = dict(st, runs=runs)
+        for k, v in fresh.items():
+            out[k] = jax.tree_util.tree_map(
+                lambda a, b: jnp.where(load.reshape((L,) + (1,) * (a.ndim - 1)), a, b),
+                v, st[k],
+            )
+        out["d"] = jax.tree_util.tree_map(
+            lambda a, b: jnp.where(load.reshape((L,) + (1,) * (a.ndim - 1)), a, b),
+            take(data, cand), st["d"],
+        )
+        out["rid"] = jnp.where(load, new_rid, jnp.where(fin, R, st["rid"]))
+        out["nxt"] = st["nxt"] + jnp.sum(load).astype(jnp.int32)
+        out["saves"], out["sheld"] = put_start(st["saves"], st["sheld"],
+                                               jnp.where(load, new_rid, R), fresh)
+        return out
 
     final = eqxi.while_loop(
         lambda s: ~jnp.all(s["done"]),
         body,
         state0,
-        max_steps=cfg.max_steps + 1,
+        # with refill, list scheduling ends by (sum of run lengths) / L + the longest run
+        max_steps=(cfg.max_steps + 1) * ((-(-R // L) + 1) if refill else 1),
         kind=_LOOP_KIND,
     )
+    fr = final["runs"] if refill else final  # per run: what was kept when it was done
 
     def finish(theta, ys, on, held, d):
         D = lane(d).slopes(on, held)
@@ -632,11 +700,11 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         return losses, fl, jnp.isfinite(fl) & jnp.all(jnp.isfinite(g))
 
     losses, final_loss, finite = vm(
-        finish, final["y"], final["saves"], final["on"], final["held"], data
+        finish, fr["y"], final["saves"], fr["on"], fr["held"], data
     )
-    status = jnp.where(finite, final["status"], int(Status.NONFINITE)).astype(jnp.int32)
+    status = jnp.where(finite, fr["status"], int(Status.NONFINITE)).astype(jnp.int32)
     saved = jax.vmap(jax.vmap(unravel))(final["saves"])
-    fin = jax.vmap(unravel)(final["y"])
+    fin = jax.vmap(unravel)(fr["y"])
     saved_net = eqx.combine(saved, skeleton)
     final_net = eqx.combine(fin, skeleton)
     sliding = _split_pairs(final["sheld"], n, model.hidden)
@@ -646,17 +714,18 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         biases=saved_net.biases,
         final_weights=final_net.weights,
         final_loss=final_loss,
-        t_final=final["t"],
+        t_final=fr["t"],
         status=status,
-        num_steps=final["steps"],
-        num_accepted=final["accepted"],
-        num_rejected=final["rejected"],
-        num_crossings=final["crossings"],
-        num_slides=final["slides"],
+        num_steps=fr["steps"],
+        num_accepted=fr["accepted"],
+        num_rejected=fr["rejected"],
+        num_crossings=fr["crossings"],
+        num_slides=fr["slides"],
         sliding=sliding,
     )
     if not batched:
         out = jax.tree_util.tree_map(lambda a: a[0], out)
+    out["loop_steps"] = final["it"]
     return out
 
 

@@ -47,6 +47,8 @@ class Trajectory(eqx.Module):
       layer, or None.
     - ``loss_name``, ``reduction``, ``activation``, ``method``: how it was run (recorded so a
       result is never separated from its time convention).
+    - ``loop_steps``, ``lanes``: for the event-driven solver, the iterations of its loop and how
+      many runs it advanced at once (see ``simulate(..., lanes=...)``); None otherwise.
     """
 
     ts: Float[Array, " T"]
@@ -67,6 +69,8 @@ class Trajectory(eqx.Module):
     num_crossings: Int[Array, "*runs"] | None = None
     num_slides: Int[Array, "*runs"] | None = None
     sliding: tuple[Array, ...] | None = None
+    loop_steps: Int[Array, ""] | None = None
+    lanes: int | None = eqx.field(static=True, default=None)
 
     @property
     def is_batched(self) -> bool:
@@ -86,9 +90,13 @@ class Trajectory(eqx.Module):
         return {s.label: int(np.sum(codes == s)) for s in Status if np.any(codes == s)}
 
     def lockstep_waste(self) -> float:
-        """For a batch solved in lockstep under vmap: the share of lane-steps spent idle,
-        1 - sum(steps) / (max(steps) * runs). 0 for a single run."""
+        """For a batch solved in lockstep: the share of lane-steps spent idle,
+        1 - sum(steps) / (loop iterations * lanes); without a lane count (plain solver, GD: all
+        runs in lockstep under vmap) 1 - sum(steps) / (max(steps) * runs). 0 for a single run."""
         steps = np.atleast_1d(np.asarray(self.num_steps))
+        if self.loop_steps is not None and self.lanes:
+            top = int(np.asarray(self.loop_steps))
+            return 0.0 if top == 0 else float(1.0 - steps.sum() / (top * self.lanes))
         top = steps.max()
         return 0.0 if top == 0 else float(1.0 - steps.sum() / (top * steps.size))
 
@@ -98,6 +106,10 @@ class Trajectory(eqx.Module):
             raise TypeError("Only a batched Trajectory can be indexed by run.")
         import jax
 
-        ts = self.ts
-        out = jax.tree_util.tree_map(lambda a: a[index], eqx.tree_at(lambda t: t.ts, self, None))
-        return eqx.tree_at(lambda t: t.ts, out, ts, is_leaf=lambda x: x is None)
+        # the batch-wide fields (save times, loop iterations) are kept as they are
+        keep = (self.ts, self.loop_steps)
+        bare = eqx.tree_at(lambda t: (t.ts, t.loop_steps), self, (None, None),
+                           is_leaf=lambda x: x is None)
+        out = jax.tree_util.tree_map(lambda a: a[index], bare)
+        return eqx.tree_at(lambda t: (t.ts, t.loop_steps), out, keep,
+                           is_leaf=lambda x: x is None)

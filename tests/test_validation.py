@@ -97,3 +97,9 @@ def test_gd_bad_lr_and_steps():
         gfsim.gd(NET, DATA, -0.1, 10)
     with pytest.raises(ValueError, match="steps=0"):
         gfsim.gd(NET, DATA, 0.1, 0)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "auto", True])
+def test_bad_lanes(bad):
+    with pytest.raises(ValueError, match=r"lanes=.*allowed: None or a positive integer"):
+        gfsim.simulate(NET, DATA, 1.0, lanes=bad)
