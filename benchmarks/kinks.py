@@ -77,27 +77,56 @@ def sliding_case(repeats, quick):
     return dict(rows=rows, matched=match)
 
 
-def never_sliding(repeats, width):
-    """Plain vs events on experiment A (no run slides). The two are timed interleaved, call by
-    call, so that load from other processes hits both alike."""
+def _flat_saves(tr):
+    """(runs, T, params): all weights at the save times."""
+    return np.concatenate([np.asarray(w).reshape(w.shape[0], w.shape[1], -1)
+                           for w in tr.weights], axis=2)
+
+
+def _accuracy(tr, ref):
+    """Protocol accuracy: median over runs of the max over save times of the relative error."""
+    a, b = _flat_saves(tr), _flat_saves(ref)
+    err = np.linalg.norm(a - b, axis=2) / np.maximum(np.linalg.norm(b, axis=2), 1e-300)
+    return float(np.median(np.nanmax(err, axis=1)))
+
+
+def never_sliding(repeats, width, rtols=(1e-6, 1e-7, 1e-8, 1e-9, 1e-10)):
+    """Plain vs events on experiment A (no run slides): at equal rtol, and at matched accuracy
+    (each method's cheapest rtol reaching 1e-4 / 1e-6 against an events Dopri8 solve at rtol
+    1e-12). Calls of the two methods are timed interleaved, so that load from other processes
+    hits both alike."""
     data = gfsim.data.paper_pair()
     net = gfsim.MLP((2, width, 2), init="disk", key=jax.random.key(0), runs=288)
-    runs = {m: (lambda m=m: gfsim.simulate(net, data, 300.0, rtol=1e-8, method=m))
-            for m in ("plain", "events")}
-    trs = {m: run() for m, run in runs.items()}  # compile
-    times = {m: [] for m in runs}
+    kw = dict(num_saves=16)
+    ref = gfsim.simulate(net, data, 300.0, rtol=1e-12, solver="dopri8", method="events", **kw)
+    runs = {(m, r): (lambda m=m, r=r: gfsim.simulate(net, data, 300.0, rtol=r, method=m, **kw))
+            for r in rtols for m in ("plain", "events")}
+    trs = {k: run() for k, run in runs.items()}  # compile (the rtol is traced: once per method)
+    times = {k: [] for k in runs}
     for _ in range(repeats):
-        for m, run in runs.items():
-            times[m].append(median_time(run, 1)[0])
-    out = {}
-    for m, tr in trs.items():
-        out[m] = dict(seconds=float(np.median(times[m])), all=times[m],
-                      max_steps=int(np.max(tr.num_steps)), status=tr.status_counts())
-        if m == "events":
-            out[m]["slides"] = int(np.sum(tr.num_slides))
-            out[m]["crossings"] = int(np.sum(tr.num_crossings))
-    out["events_over_plain"] = out["events"]["seconds"] / out["plain"]["seconds"]
-    print(width, out, flush=True)
+        for k, run in runs.items():
+            times[k].append(median_time(run, 1)[0])
+    rows = []
+    for (m, r), tr in trs.items():
+        rows.append(dict(method=m, rtol=r, seconds=float(np.median(times[(m, r)])),
+                         all=times[(m, r)], accuracy=_accuracy(tr, ref),
+                         max_steps=int(np.max(tr.num_steps)), status=tr.status_counts(),
+                         slides=int(np.sum(tr.num_slides)) if m == "events" else None,
+                         crossings=int(np.sum(tr.num_crossings)) if m == "events" else None))
+    out = dict(rows=rows)
+    at = {m: next(x for x in rows if x["method"] == m and x["rtol"] == 1e-8)
+          for m in ("plain", "events")}
+    out["equal_rtol_1e-8"] = at["events"]["seconds"] / at["plain"]["seconds"]
+    for target in (1e-4, 1e-6):
+        best = {}
+        for m in ("plain", "events"):
+            ok = [x for x in rows if x["method"] == m and x["accuracy"] <= target]
+            best[m] = min(ok, key=lambda x: x["seconds"]) if ok else None
+        out[f"matched_{target:.0e}"] = (
+            dict(plain_rtol=best["plain"]["rtol"], events_rtol=best["events"]["rtol"],
+                 events_over_plain=best["events"]["seconds"] / best["plain"]["seconds"])
+            if best["plain"] and best["events"] else None)
+    print(width, {k: v for k, v in out.items() if k != "rows"}, flush=True)
     return out
 
 
@@ -116,11 +145,23 @@ def markdown(res):
                      f"(error {m['events']['rel_error']:.1e}): {m['eval_ratio']:.0f}x fewer "
                      f"field evaluations, {m['time_ratio']:.0f}x less time.")
     lines.append("")
-    lines.append("| never-sliding runs (288 seeds) | plain s | events s | events / plain |")
+    lines.append("| never-sliding runs (288 seeds) | method | rtol | accuracy | s |")
+    lines.append("|---|---|---|---|---|")
+    for k, v in res["never_sliding"].items():
+        for r in v["rows"]:
+            lines.append(f"| {k} | {r['method']} | {r['rtol']:.0e} | {r['accuracy']:.1e} | "
+                         f"{r['seconds']:.4f} |")
+    lines.append("")
+    lines.append("| never-sliding runs | events / plain at rtol 1e-8 | at matched 1e-4 | "
+                 "at matched 1e-6 |")
     lines.append("|---|---|---|---|")
     for k, v in res["never_sliding"].items():
-        lines.append(f"| {k} | {v['plain']['seconds']:.3f} | {v['events']['seconds']:.3f} | "
-                     f"{v['events_over_plain']:.2f} |")
+        cells = []
+        for t in ("1e-04", "1e-06"):
+            m = v[f"matched_{t}"]
+            cells.append(f"{m['events_over_plain']:.2f} (rtol {m['events_rtol']:.0e} vs "
+                         f"{m['plain_rtol']:.0e})" if m else "not reached")
+        lines.append(f"| {k} | {v['equal_rtol_1e-8']:.2f} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 
