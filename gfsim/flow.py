@@ -310,10 +310,11 @@ def simulate(
     - ``lanes``: under ``"events"``, how many runs of a batch the loop advances at once (None,
       the default: all). With fewer lanes than runs, a lane whose run is done takes the next
       pending run, so lanes do not idle while the longest run finishes (the lockstep waste of a
-      vmapped solve). Results are identical (bit for bit); only cost changes. On the 2-core CPU
-      it does not pay: W-A (288 runs) takes the same time at 36, 72 or 144 lanes as at 288 with
-      waste 0.14-0.37 instead of 0.50, because a loop iteration has a fixed cost that more
-      iterations repeat. It is for batches larger than what a device runs in parallel.
+      vmapped solve). Results are the same (steps, events; values to round-off); only cost
+      changes. On the 2-core CPU it does not pay: W-A (288 runs) takes the same time at 36, 72
+      or 144 lanes as at 288 with waste 0.14-0.37 instead of 0.50, because a loop iteration has
+      a fixed cost that more iterations repeat. It is for batches larger than what a device
+      runs in parallel.
 
     **Returns:** a :class:`gfsim.Trajectory`.
     """

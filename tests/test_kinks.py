@@ -234,8 +234,8 @@ def test_batched_gradient_with_runs_of_different_lengths_is_each_runs_own():
 
 def test_refilled_lanes_give_identical_runs():
     # 5 runs of the sliding depth-2 case through 2 lanes: each lane takes the next pending run
-    # when its run is done. Every run must be exactly what the all-lanes solve gives, and the
-    # lanes must idle less.
+    # when its run is done. Every run must be what the all-lanes solve gives (same steps and
+    # events, values to round-off), and the lanes must idle less.
     net, data = _case1(runs=5)
     kw = dict(rtol=1e-8, stop_loss=0.5, **CASE1)
     allr = gfsim.simulate(net, data, 10.0, **kw)
@@ -243,11 +243,16 @@ def test_refilled_lanes_give_identical_runs():
     assert two.lanes == 2 and allr.lanes == 5
     steps = np.asarray(allr.num_steps)
     assert len(set(steps.tolist())) > 1 and np.asarray(allr.num_slides).sum() >= 1
-    for f in ("loss", "final_loss", "t_final", "status", "num_steps", "num_accepted",
-              "num_rejected", "num_crossings", "num_slides"):
+    # the same steps and events; saved values to round-off (how many save slots an iteration
+    # interpolates depends on the other lanes, which changes the program, not the arithmetic)
+    for f in ("status", "num_steps", "num_accepted", "num_rejected", "num_crossings",
+              "num_slides"):
         np.testing.assert_array_equal(np.asarray(getattr(two, f)), np.asarray(getattr(allr, f)))
-    for a, b in zip(two.weights + two.sliding, allr.weights + allr.sliding):
+    for a, b in zip(two.sliding, allr.sliding):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip((two.loss, two.final_loss, two.t_final) + two.weights,
+                    (allr.loss, allr.final_loss, allr.t_final) + allr.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-15)
     assert int(two.loop_steps) >= steps.sum() / 2 and int(allr.loop_steps) == steps.max()
     assert two.lockstep_waste() < allr.lockstep_waste()
     assert two[1:3].loop_steps is two.loop_steps  # run selection keeps batch-wide fields
