@@ -84,9 +84,7 @@ def _load_or_export(fn, where, key, treedef, leaves, static_key):
     try:
         with open(path, "rb") as f:
             return jax.export.deserialize(bytearray(f.read()))
-    except FileNotFoundError:
-        pass
-    except Exception:  # a truncated or foreign file: export afresh and overwrite it
+    except Exception:  # missing, truncated or foreign: export afresh (and overwrite it)
         pass
 
     def flat(*lv):

@@ -194,13 +194,12 @@ def _run_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
 METHODS = ("auto", "events", "plain")
 
 
-def resolve_lanes(lanes, net, data) -> int | None:
-    """The ``lanes`` option as a lane count (None: one lane per run)."""
+def resolve_lanes(lanes, runs: int) -> int | None:
+    """The ``lanes`` option as a lane count for ``runs`` runs (None: one lane per run)."""
     if lanes is None:
         return None
     if isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1:
         raise ValueError(f"lanes={lanes!r} is not allowed; allowed: None or a positive integer.")
-    runs = net.runs if net.is_batched else (data.runs if data.is_batched else 1)
     return None if lanes >= runs else int(lanes)
 
 
@@ -340,7 +339,8 @@ def simulate(
         raise ValueError(f"max_sliding={max_sliding!r} must be a positive integer.")
     if not isinstance(num_saves, int) or num_saves < 2:
         raise ValueError(f"num_saves={num_saves!r} must be an integer >= 2.")
-    lanes = resolve_lanes(lanes, net, data)
+    runs = net.runs or data.runs or 1
+    lanes = resolve_lanes(lanes, runs)
     dtype = net.weights[0].dtype
     # Host values go in as NumPy arrays (traced by the jit without a device dispatch each).
     t1, rtol, stop = (_as_array(x, dtype) for x in (t1, rtol, -np.inf if stop_loss is None
@@ -379,7 +379,7 @@ def simulate(
         reduction=reduction,
         activation=net.activation,
         method=f"gf:{type(solver).__name__.lower()}" + ("+events" if method == "events" else ""),
-        lanes=(lanes or (net.runs or data.runs or 1)) if method == "events" else None,
+        lanes=(lanes or runs) if method == "events" else None,
     )
 
 

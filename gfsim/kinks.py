@@ -296,8 +296,8 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
     # next pending run (refill), so lanes do not idle while the longest run of a batch finishes.
     L = R if cfg.lanes is None else min(int(cfg.lanes), R)
     refill = L < R
-    S0 = jnp.sum(ts <= 0).astype(jnp.int32)  # save slots at t = 0
-    at_zero = ts <= 0
+    at_zero = ts <= 0  # save slots at t = 0
+    S0 = jnp.sum(at_zero).astype(jnp.int32)
 
     def ev_all(theta, on, held, project, dat):
         return vm(lambda th, o, h, d: lane(d).events(th, o, h, project), theta, on, held, dat)
@@ -375,6 +375,11 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
 
     def take(tree, idx):
         return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+    def pick(mask, new, old):
+        """Per lane: ``new`` where ``mask`` (L,), else ``old`` (matching pytrees)."""
+        return jax.tree_util.tree_map(
+            lambda a, b: jnp.where(mask.reshape((L,) + (1,) * (a.ndim - 1)), a, b), new, old)
 
     def put_start(saves, sheld, rows, st):
         """The t = 0 save slots of runs ``rows`` (R: none) from their starting state."""
@@ -642,10 +647,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
             E=E_keep,
             Eoff=Eoff_keep,
             jump=jnp.where(ok, has_ev | still, s["jump"]),
-            fsal=jax.tree_util.tree_map(
-                lambda a, b: jnp.where(ok.reshape((L,) + (1,) * (a.ndim - 1)), a, b),
-                fsal1, s["fsal"],
-            ),
+            fsal=pick(ok, fsal1, s["fsal"]),
             done=done,
             status=status,
             steps=steps,
@@ -673,17 +675,10 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         new_rid = st["nxt"] + jnp.cumsum(fin).astype(jnp.int32) - 1
         load = fin & (new_rid < R)
         cand = jnp.where(load, new_rid, 0)
-        fresh = init_lanes(theta0[cand], take(data, cand))
-        out = dict(st, runs=runs)
-        for k, v in fresh.items():
-            out[k] = jax.tree_util.tree_map(
-                lambda a, b: jnp.where(load.reshape((L,) + (1,) * (a.ndim - 1)), a, b),
-                v, st[k],
-            )
-        out["d"] = jax.tree_util.tree_map(
-            lambda a, b: jnp.where(load.reshape((L,) + (1,) * (a.ndim - 1)), a, b),
-            take(data, cand), st["d"],
-        )
+        d_new = take(data, cand)
+        fresh = init_lanes(theta0[cand], d_new)
+        out = dict(st, runs=runs, d=pick(load, d_new, st["d"]))
+        out.update({k: pick(load, v, st[k]) for k, v in fresh.items()})
         out["rid"] = jnp.where(load, new_rid, jnp.where(fin, R, st["rid"]))
         out["nxt"] = st["nxt"] + jnp.sum(load).astype(jnp.int32)
         out["saves"], out["sheld"] = put_start(st["saves"], st["sheld"],
