@@ -62,6 +62,45 @@ _RELEASE_ROUNDS = 3
 _Z_SLACK = 1e-13
 
 
+# Explicit FSAL methods with at most this many stages run with their stages unrolled in the
+# loop (see _erk_step); others (implicit, longer tableaus) through Diffrax's own step.
+_UNROLL_STAGES = 7
+
+
+def _unrolled(solver) -> bool:
+    tab = getattr(solver, "tableau", None)
+    return (isinstance(solver, diffrax.AbstractERK) and isinstance(tab, diffrax.ButcherTableau)
+            and tab.fsal and tab.ssal and float(tab.c[-1]) == 1.0
+            and tab.num_stages <= _UNROLL_STAGES)
+
+
+def _erk_step(tab, fn, t0, t1, y0, state, jump):
+    """One step of an explicit FSAL Runge-Kutta method (last stage at (t1, y1)), stages
+    unrolled. ``fn(t, y) -> (f, aux)``. Returns y1, the error estimate, the dense information in
+    Diffrax's layout (k_i = h f_i, for ``solver.interpolation_cls``), the next FSAL state and
+    the last stage's aux: whatever the field computes at (t1, y1) comes free with the step.
+
+    Diffrax's step runs its stages in an inner loop (one trace of the field, any tableau); on a
+    small net each stage is a handful of tiny operations, and the inner loop's bookkeeping and
+    the separate forward pass for the events cost more than the field itself."""
+    first, f_prev = state
+    h = t1 - t0
+    dt = y0.dtype
+    # The first stage afresh after a jump (pattern change, projection): evaluated when any run
+    # of the batch needs it, used only by those (a run's arithmetic does not depend on others).
+    again = first | jump
+    f0 = jax.lax.cond(eqxi.unvmap_any(again), lambda: jnp.where(again, fn(t0, y0)[0], f_prev),
+                      lambda: f_prev)
+    ks = [h * f0]
+    for ci, row in zip(tab.c, tab.a_lower):
+        yi = y0 + sum(jnp.asarray(a, dt) * k for a, k in zip(row, ks) if a != 0)
+        fi, aux = fn(t0 + jnp.asarray(ci, dt) * h, yi)
+        ks.append(h * fi)
+    yerr = sum(jnp.asarray(b, dt) * k for b, k in zip(tab.b_error, ks) if b != 0)
+    dense = dict(y0=y0, y1=yi, k=jnp.stack(ks))
+    return yi, yerr, dense, (jnp.zeros_like(first), fi), aux
+
+
 @dataclasses.dataclass(frozen=True)
 class EventConfig:
     """Static settings of the event-driven solve (part of the compile key)."""
@@ -135,6 +174,18 @@ class _Model:
         g, c = jax.grad(self.loss, argnums=(0, 3))(theta, data, D, E)
         return g, c.reshape(-1)
 
+    def grad_and_c_aux(self, theta, data, D):
+        """:meth:`grad_and_c`, plus the pre-activations z and their scales |w_u| |h_i| (flat)
+        from the same forward pass (an unrolled step uses its last stage's for the events)."""
+
+        def loss(th, E):
+            out, z, sc = self.forward(th, data.X, D, E, scales=True)
+            return loss_value(self.cfg.loss, self.cfg.reduction, out, data.Y, data.mask), (z, sc)
+
+        E = jnp.zeros(D.shape, theta.dtype)
+        (g, c), (z, sc) = jax.grad(loss, argnums=(0, 1), has_aux=True)(theta, E)
+        return g, c.reshape(-1), z.reshape(-1), sc.reshape(-1)
+
     def jac_rows(self, theta, data, D, idx, valid):
         """Rows d z_k / d theta for the pairs idx (flat pair index = point * hsum + unit)."""
         point, unit = idx // self.hsum, idx % self.hsum
@@ -175,11 +226,21 @@ class _Lane:
         """The (possibly sliding) field and the multipliers lambda of the held pairs.
         ``project``: 0 for the plain field, else the number of slots for held pairs (static;
         at least the number of held pairs)."""
+        F, lam, _, _ = self._field(theta, on, held, project, self.m.grad_and_c)
+        return F, lam
+
+    def field_and_events(self, theta, on, held, project: int):
+        """:meth:`field` and :meth:`events` at one point, from one forward pass."""
+        F, lam, z, scale = self._field(theta, on, held, project, self.m.grad_and_c_aux)
+        return F, self._assemble(z, scale, on, held, lam, project)
+
+    def _field(self, theta, on, held, project, grad_fn):
         D = self.slopes(on, held)
-        g, c = self.m.grad_and_c(theta, self.data, D)
+        g, c, *aux = grad_fn(theta, self.data, D)
+        z, scale = aux if aux else (None, None)
         F = -g
         if not project:
-            return F, None
+            return F, None, z, scale
         idx, valid = self.held_slots(held, project)
         J = self.m.jac_rows(theta, self.data, D, idx, valid)
         mcoef = _solve_gram(J, valid, J @ F)
@@ -199,19 +260,21 @@ class _Lane:
         for _ in range(len(self.m.hidden) - 1):
             D_lam = jnp.where(held, lam, D.reshape(-1)).reshape(D.shape)
             lam = lam_of(self.m.grad_and_c(theta, self.data, D_lam)[1])
-        return F, lam
+        return F, lam, z, scale
 
     def events(self, theta, on, held, project: int):
         """Event functions, all >= 0 while nothing happens: side * z for free pairs,
         lambda - off and 1 - lambda for held ones (+inf where not applicable)."""
         D = self.slopes(on, held)
         _, z, scale = self.m.forward(theta, self.data.X, D, scales=True)
-        z, scale = z.reshape(-1), scale.reshape(-1)
+        lam = self.field(theta, on, held, project)[1] if project else None
+        return self._assemble(z.reshape(-1), scale.reshape(-1), on, held, lam, project)
+
+    def _assemble(self, z, scale, on, held, lam, project):
         side = jnp.where(on, 1.0, -1.0)
         slack = _Z_SLACK * jax.lax.stop_gradient(scale)
         cross = jnp.where(held, jnp.inf, side * z + slack)
         if project:
-            _, lam = self.field(theta, on, held, project)
             ls = _LAMBDA_SLACK * (1.0 - self.off)
             lo = jnp.where(held, lam - self.off + ls, jnp.inf)
             hi = jnp.where(held, 1.0 - lam + ls, jnp.inf)
@@ -278,6 +341,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
     solver = cfg.solver
     order = solver.order(diffrax.ODETerm(lambda t, y, a: y))
     K = cfg.max_sliding
+    unrolled = _unrolled(solver)
 
     def lane(d):
         return _Lane(model, d)
@@ -413,17 +477,24 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         t_next = jnp.minimum(t + h, t1)
         last = si + _SAVE_SLOTS - 1
         t_next = jnp.where(last < S, jnp.minimum(t_next, ts[jnp.minimum(last, S - 1)]), t_next)
-        # made_jump after a pattern change or a projection: the first stage is re-evaluated
-        # (Diffrax does that for the whole batch if any run needs it).
-        y1, yerr, dense, fsal1, _ = solver.step(term, t, t_next, y, None, fsal, jump)
+        # jump after a pattern change or a projection: the first stage is re-evaluated (for
+        # the whole batch if any run needs it, in Diffrax's step; see _erk_step for ours).
+        # Sliding steps keep Diffrax's step: unrolling the projected field (a backward pass per
+        # held pair, per stage) measured no faster on the sliding case and compiled slower.
+        if unrolled and not project:
+            fn = lambda t_, y_: ln.field_and_events(y_, on, held, project)  # noqa: E731
+            y1, yerr, dense, fsal1, E1 = _erk_step(solver.tableau, fn, t, t_next, y, fsal, jump)
+        else:
+            y1, yerr, dense, fsal1, _ = solver.step(term, t, t_next, y, None, fsal, jump)
+            # the event functions at the step's end, under the same choice of projection
+            E1 = ln.events(y1, on, held, project)
         sc = atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y1))
         # sqrt with a finite derivative at 0: a run that is done takes zero-length steps while
         # others go on, and sqrt'(0) = inf would make its gradient NaN (0 * inf)
         ms = jnp.mean((yerr / sc) ** 2)
         err = jnp.where(ms > 0, jnp.sqrt(jnp.where(ms > 0, ms, 1.0)), 0.0)
         ok = jnp.isfinite(err) & (err <= 1.0) & jnp.all(jnp.isfinite(y1))
-        # the event functions at the step's end, under the same choice of projection
-        return y1, t_next, err, ok, dense, fsal1, ln.events(y1, on, held, project)
+        return y1, t_next, err, ok, dense, fsal1, E1
 
     def body(s):
         dat = s["d"] if refill else data  # each lane's dataset
