@@ -10,7 +10,8 @@ persistent compilation cache.
 
 The key is everything that shapes the program: the static settings, the non-array parts and tree
 structure of the inputs, every input's shape, dtype and weak type, the gfsim, JAX and jaxlib
-versions, the backend and the x64 flag. Calls whose inputs are tracers (under ``jax.grad``,
+versions, a digest of gfsim's source files (an edited checkout traces afresh), the backend and
+the x64 flag. Calls whose inputs are tracers (under ``jax.grad``,
 ``jax.vmap`` or a user's ``jit``) take the ordinary path, so differentiation is unaffected.
 Anything that cannot be exported, or a key that could not be made stable (an object printed with
 its address), also takes the ordinary path. ``GFSIM_TRACE_CACHE=0`` turns this off; it is off
@@ -19,6 +20,7 @@ whenever the persistent compilation cache is.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -41,11 +43,27 @@ def cache_dir() -> str | None:
     return os.path.join(base, _SUBDIR) if base else None
 
 
+@functools.lru_cache(maxsize=1)
+def _source_digest() -> str:
+    """A digest of gfsim's own source files: an edited checkout (same version number) must not
+    load programs traced from the code before the edit."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(dirpath, name)
+            h.update(os.path.relpath(path, root).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
 def _key(static_key, treedef, avals) -> str | None:
     from . import __version__
 
     desc = repr((
-        __version__, jax.__version__, jaxlib.__version__, jax.default_backend(),
+        __version__, _source_digest(), jax.__version__, jaxlib.__version__, jax.default_backend(),
         bool(jax.config.jax_enable_x64), static_key, str(treedef), avals,
     ))
     if " at 0x" in desc:  # a function or object printed by address: not stable across runs

@@ -77,3 +77,12 @@ def test_tracers_take_the_ordinary_path(tmp_path, monkeypatch):
     g = jax.grad(final_loss)(1.0)
     assert np.isfinite(g) and g != 0.0
     assert os.listdir(tmp_path) == []  # nothing exported for a traced call
+
+
+def test_key_follows_gfsim_source(tmp_path, monkeypatch):
+    # An edited checkout keeps its version number: the key must still change with the code.
+    args = ((1, 2), "treedef", (((3,), "float64", False),))
+    base = _exported._key(*args)
+    assert base == _exported._key(*args) and len(_exported._source_digest()) == 64
+    monkeypatch.setattr(_exported, "_source_digest", lambda: "edited")
+    assert _exported._key(*args) != base
