@@ -262,7 +262,7 @@ def test_refilled_lanes_give_identical_runs():
     assert two[1:3].loop_steps is two.loop_steps  # run selection keeps batch-wide fields
 
 
-@pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Dopri5()])
+@pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Dopri5(), diffrax.Bosh3()])
 def test_unrolled_step_is_diffraxs_step(solver):
     # The event loop runs explicit FSAL stages itself (the events come from the last stage);
     # one step of it must be Diffrax's step: y1, error estimate, dense output, FSAL value. On
