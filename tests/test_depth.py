@@ -77,6 +77,32 @@ def test_run_classes_and_claims(tiny):
     if np.isfinite(s):
         assert abs(s - depth.spearman(d["exponential/summary/depths"],
                                       d["exponential/summary/medians"])) < 1e-12
+    # The small-init control: a 10x smaller init at the shallowest and deepest depth; it
+    # starts closer to balanced, so its initial share of the final norms is smaller.
+    c_scale, _ = cfg["control"]
+    k0, k1 = min(cfg["depths"]), max(cfg["depths"])
+    for k in (k0, k1):
+        pc, p = f"exponential/control/k{k}/", f"exponential/k{k}/"
+        W1 = d[pc + "W1"]
+        assert W1.shape == d[p + "W1"].shape
+        conv = d[pc + "converged"]
+        assert np.all(d[pc + "ratio_avg"] >= d[pc + "bound"] - 1e-12)
+        if conv.any() and d[p + "converged"].any():
+            assert np.median((d[pc + "F2_init"] / d[pc + "F2"])[conv]) < np.median(
+                (d[p + "F2_init"] / d[p + "F2"])[d[p + "converged"]])
+    # The verdict follows the documented rule from the saved medians.
+    meds, rho = d["exponential/summary/medians"], float(s)
+    cm = d["exponential/summary/control_medians"]
+    verdict = result.claims[0].verdict
+    if len(meds) >= 3 and rho >= 0.5 and meds[-1] >= 0.9:
+        assert verdict == "agrees"
+    elif len(meds) >= 3 and rho <= -0.5:
+        fall = meds[0] - meds[-1]
+        residue = len(cm) == 2 and fall > 0 and (cm[0] - cm[1]) < 0.25 * fall
+        assert verdict == ("inconclusive" if residue else "disagrees")
+    else:
+        assert verdict == "inconclusive"
+    assert "Small-init control" in result.claims[0].measured or len(cm) < 2
     bound_claim = result.claims[1]
     assert bound_claim.verdict == "agrees"
     assert {c.verdict for c in result.claims} <= {"agrees", "disagrees", "inconclusive"}
