@@ -107,7 +107,7 @@ def spearman(x, y) -> float:
     return float(np.sum(rx * ry) / den) if den > 0 else float("nan")
 
 
-def _figure(path: str, results: dict, cfg: dict):
+def _figure(path: str, results: dict, cfg: dict, control: dict):
     plt = pyplot()
 
     losses = sorted({lk for lk, _ in results})
@@ -136,6 +136,11 @@ def _figure(path: str, results: dict, cfg: dict):
             ax.errorbar(dd, med, yerr=[np.subtract(med, lo), np.subtract(hi, med)], color="C0",
                         marker="o", label="measured avg ||W||2/||W||F (median, IQR)")
             ax.plot(dd, bmed, "--", color="C3", marker="x", label="bound (c/F^k)^(1/(k-1))")
+        cd = [(k, np.median(r["ratio_avg"][r["converged"]])) for (lk, k), r in
+              sorted(control.items()) if lk == lname and r["converged"].any()]
+        if cd:
+            ax.plot(*zip(*cd), "s", color="C2", ms=7, mfc="none",
+                    label=f"small-init control, scale {cfg['control'][0]:g} (median)")
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("depth k")
         ax.set_ylabel("avg over nontrivial layers")
@@ -188,7 +193,7 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
                 progress(f"depth: {lname} small-init control")
 
     fig = "depth_ratio.png"
-    _figure(os.path.join(out_dir, fig), results, cfg)
+    _figure(os.path.join(out_dir, fig), results, cfg, control)
 
     summary = {}
     claims, notes = [], []
