@@ -229,10 +229,11 @@ class _Lane:
         F, lam, _, _ = self._field(theta, on, held, project, self.m.grad_and_c)
         return F, lam
 
-    def field_and_events(self, theta, on, held, project: int):
-        """:meth:`field` and :meth:`events` at one point, from one forward pass."""
-        F, lam, z, scale = self._field(theta, on, held, project, self.m.grad_and_c_aux)
-        return F, self._assemble(z, scale, on, held, lam, project)
+    def field_and_events(self, theta, on, held):
+        """The plain field (no projection) and :meth:`events` at one point, from one forward
+        pass."""
+        F, _, z, scale = self._field(theta, on, held, 0, self.m.grad_and_c_aux)
+        return F, self._assemble(z, scale, on, held, None, 0)
 
     def _field(self, theta, on, held, project, grad_fn):
         D = self.slopes(on, held)
@@ -482,7 +483,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         # Sliding steps keep Diffrax's step: unrolling the projected field (a backward pass per
         # held pair, per stage) measured no faster on the sliding case and compiled slower.
         if unrolled and not project:
-            fn = lambda t_, y_: ln.field_and_events(y_, on, held, project)  # noqa: E731
+            fn = lambda t_, y_: ln.field_and_events(y_, on, held)  # noqa: E731
             y1, yerr, dense, fsal1, E1 = _erk_step(solver.tableau, fn, t, t_next, y, fsal, jump)
         else:
             y1, yerr, dense, fsal1, _ = solver.step(term, t, t_next, y, None, fsal, jump)
