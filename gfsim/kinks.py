@@ -42,6 +42,9 @@ from .losses import loss_value
 from .trajectory import Status
 
 _ILLINOIS_ITERS = 30
+# Reruns of the event search when a function that was not triggered at the step's end is
+# negative at the root found (it dipped below zero and back inside the step).
+_RELOCATE_ROUNDS = 3
 _TAU_TOL = 1e-14  # event location: bracket width, as a fraction of the step
 _F_TOL = 1e-12  # ... or |event| at the returned point, relative to its value at the step's end
 _LOOP_KIND = "checkpointed"
@@ -201,7 +204,9 @@ class _Model:
 def _solve_gram(J, valid, rhs):
     G = J @ J.T
     scale = jnp.maximum(jnp.max(jnp.diag(G)), jnp.finfo(J.dtype).tiny)
-    G = G + jnp.diag(jnp.where(valid, 1e-13 * scale, 1.0))
+    # (the floor: a held pair whose input has died has a zero row, and so may all of them)
+    jitter = jnp.maximum(1e-13 * scale, jnp.finfo(J.dtype).tiny)
+    G = G + jnp.diag(jnp.where(valid, jitter, 1.0))
     return jnp.linalg.solve(G, rhs)
 
 
@@ -383,7 +388,14 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         def init_one(theta, d):
             net1 = eqx.combine(unravel(theta), skeleton)
             z = jnp.concatenate(net1.preactivations(d.X)[:-1], axis=-1).reshape(-1)
-            return z > 0, z == 0
+            on = z > 0
+            # a pair exactly at its kink decides (cross or slide); but not one whose input is
+            # all zero (every unit below it off at that point): its z is 0 for any weights,
+            # its constraint row is zero, and its side does not matter until an upstream pair
+            # turns on (then it leaves 0 and its event fires as usual)
+            _, _, sc = model.forward(theta, d.X, lane(d).slopes(on, jnp.zeros_like(on)),
+                                     scales=True)
+            return on, (z == 0) & (sc.reshape(-1) > 0)
 
         on0, at0 = vm(init_one, theta0, dat)
         held0 = jnp.zeros((B, P), bool)
@@ -493,7 +505,8 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         # sqrt with a finite derivative at 0: a run that is done takes zero-length steps while
         # others go on, and sqrt'(0) = inf would make its gradient NaN (0 * inf)
         ms = jnp.mean((yerr / sc) ** 2)
-        err = jnp.where(ms > 0, jnp.sqrt(jnp.where(ms > 0, ms, 1.0)), 0.0)
+        err = jnp.where(ms > 0, jnp.sqrt(jnp.where(ms > 0, ms, 1.0)),
+                        jnp.where(jnp.isnan(ms), jnp.inf, 0.0))
         ok = jnp.isfinite(err) & (err <= 1.0) & jnp.all(jnp.isfinite(y1))
         return y1, t_next, err, ok, dense, fsal1, E1
 
@@ -524,16 +537,28 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
             return jax.lax.cond(need_lam, lambda: _locate(project_all), lambda: _locate(0))
 
         def _locate(project):
-            # Illinois on phi(tau) = min over triggered functions, along the dense output.
-            def phi(tau, t0_, t1_, dn, on, held, d, tr, off):
-                y = interp(t0_, t1_, dn, t0_ + tau * (t1_ - t0_))
-                e = lane(d).events(y, on, held, project) + off
-                return jnp.min(jnp.where(tr, e, jnp.inf))
+            """The first root in each run's step, as a fraction tau of the step, and the event
+            functions that fire by then. The functions triggered at the step's end are searched
+            first; a function that is negative at the point found dipped below zero and back
+            inside the step (unseen at the step's end), so its root comes first: it joins the
+            triggered set and the search reruns on [0, tau], at most _RELOCATE_ROUNDS times. (Cut
+            at the later root, the pair would sit on the wrong side of its kink with the pattern
+            unchanged, and the frozen-pattern field would no longer be the gradient.)"""
 
-            def one(t0_, t1_, dn, on, held, d, tr, Ea, off):
+            def ev_at(tau, t0_, t1_, dn, on, held, d, off):
+                y = interp(t0_, t1_, dn, t0_ + tau * (t1_ - t0_))
+                return lane(d).events(y, on, held, project) + off
+
+            def search(t0_, t1_, dn, on, held, d, tr, Ea, off, bmax):
+                # Illinois on phi(tau) = min over triggered functions, along the dense output,
+                # on [0, bmax] (phi(0) >= 0 > phi(bmax))
+                def phi(tau):
+                    e = ev_at(tau, t0_, t1_, dn, on, held, d, off)
+                    return jnp.min(jnp.where(tr, e, jnp.inf))
+
                 fa = jnp.min(jnp.where(tr, Ea, jnp.inf))
                 fa = jnp.where(jnp.isfinite(fa), fa, 0.0)
-                fb = phi(1.0, t0_, t1_, dn, on, held, d, tr, off)
+                fb = phi(bmax)
 
                 def it(c):
                     a, b, fa, fb, side, fbt = c
@@ -546,7 +571,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                         fine, den, 1.0
                     )
                     x = jnp.where(fine & (x > a) & (x < b), x, 0.5 * (a + b))
-                    fx = phi(x, t0_, t1_, dn, on, held, d, tr, off)
+                    fx = phi(x)
                     neg = fx < 0
                     # Illinois: halve the retained end's value when the same end stays twice
                     fa2 = jnp.where(neg, jnp.where(side == 1, fa * 0.5, fa), fx)
@@ -559,7 +584,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 # Until b (where the event has fired) is within _F_TOL of the step's change of
                 # the event function from the root, or the bracket is _TAU_TOL of the step wide;
                 # at most _ILLINOIS_ITERS times. A bounded loop: reverse mode goes through it.
-                start = (jnp.zeros((), dtype), jnp.ones((), dtype), fa, fb, jnp.zeros((), int), fb)
+                start = (jnp.zeros((), dtype), bmax, fa, fb, jnp.zeros((), int), fb)
                 ftol = _F_TOL * jnp.abs(fb)
                 a, b, *_ = eqxi.while_loop(
                     lambda c: (c[1] - c[0] > _TAU_TOL) & (-c[5] > ftol),
@@ -568,15 +593,29 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                     max_steps=_ILLINOIS_ITERS,
                     kind="bounded",
                 )
-                b = jnp.where(fa < 0, 0.0, b)
-                return b
+                return jnp.where(fa < 0, 0.0, b)
 
-            return vm(
-                one, s["t"], t_next, dense, s["on"], s["held"], dat, trig, s["E"], s["Eoff"]
+            args = (s["t"], t_next, dense, s["on"], s["held"], dat)
+
+            def round_(c):
+                tau, tr, pending, r = c
+                tau_new = vm(search, *args, tr, s["E"], s["Eoff"], tau)
+                tau = jnp.where(pending, tau_new, tau)
+                e = vm(ev_at, tau, *args, s["Eoff"])
+                extra = pending[:, None] & ~tr & (e < 0) & (e < s["E"])
+                return tau, tr | extra, jnp.any(extra, axis=1), r + 1
+
+            tau, tr, *_ = eqxi.while_loop(
+                lambda c: jnp.any(c[2]) & (c[3] <= _RELOCATE_ROUNDS),
+                round_,
+                (jnp.ones((L,), dtype), trig, has_ev, jnp.zeros((), jnp.int32)),
+                max_steps=_RELOCATE_ROUNDS + 1,
+                kind="bounded",
             )
+            return tau, tr
 
         # -- pattern changes at the event --------------------------------------------------
-        def apply_events(project, y_end):
+        def apply_events(project, y_end, trig):
             def one(y, on, held, tr, d, off):
                 ln = lane(d)
                 e = ln.events(y, on, held, project) + off
@@ -598,10 +637,11 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
 
         def event_branch(project):
             # locate the first root in the step, cut the step there, apply the changes
-            tau = jnp.where(has_ev, locate(project), 1.0)
+            tau, tr = locate(project)
+            tau = jnp.where(has_ev, tau, 1.0)
             t_end = jnp.where(has_ev, s["t"] + tau * (t_next - s["t"]), t_next)
             y_end = jnp.where(has_ev[:, None], vm(interp, s["t"], t_next, dense, t_end), y1)
-            return (t_end, y_end) + apply_events(project, y_end)[1:]
+            return (t_end, y_end) + apply_events(project, y_end, tr)[1:]
 
         def no_event_branch():
             return t_next, y1, s["on"], s["held"], zeros_L, zeros_L
@@ -635,9 +675,36 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
             lambda: by_projection(jnp.any(held_new), after_change),
             lambda: (y_new, E1 - s["Eoff"]),
         )
-        E_reb, off_reb = rebase(raw_new)
-        off_new = jnp.where(has_ev[:, None], off_reb, s["Eoff"])
-        E_new = jnp.where(has_ev[:, None], E_reb, raw_new + s["Eoff"])
+        # Offsets. A pair whose state changed here (crossed, captured, released) and that sits
+        # a hair on the wrong side of its new surface (the projection moves every pair by up to
+        # the drift it corrects) gets one: its next search starts strictly positive. Every
+        # other pair keeps its offset until it is back on its side; one that has gone past it
+        # (further to the wrong side than the offset allows: it drifted there, or a projection
+        # moved it) has its pattern set to the side its pre-activation is on, and the event
+        # functions are evaluated afresh. (Refreshing every offset at every event let a pair
+        # that drifts the wrong way push its threshold ahead of it for good, with the pattern
+        # wrong and the loss rising.)
+        fresh = has_ev | still
+        off_old = s["Eoff"]
+        past = (fresh[:, None] & (on_new == s["on"]) & (held_new == s["held"]) & ~held_new
+                & (raw_new[:, :P] + off_old[:, :P] < 0))
+
+        def reflip():
+            on2 = on_new ^ past
+            return on2, by_projection(
+                jnp.any(held_new), lambda pr: ev_all(y_new, on2, held_new, pr, dat))
+
+        on_new, raw_new = jax.lax.cond(jnp.any(past), reflip, lambda: (on_new, raw_new))
+        n_cross = n_cross + jnp.sum(past, axis=1).astype(jnp.int32)
+        changed = jnp.tile((on_new != s["on"]) | (held_new != s["held"]), (1, 3))
+        # after a flip, the pairs downstream of it at the same point moved by as much as the
+        # flipped one was off: those that went past their offset are bounced too
+        moved = jnp.concatenate(
+            [fresh[:, None] & (raw_new[:, :P] + off_old[:, :P] < 0),
+             jnp.zeros_like(raw_new[:, P:], bool)], axis=1)
+        off_new = jnp.where(changed | moved, rebase(raw_new)[1],
+                            jnp.where(raw_new >= 0, 0.0, off_old))
+        E_new = raw_new + off_new
 
         # -- saves in (t, t_end] from the dense output -------------------------------------
         # Steps end at the _SAVE_SLOTS-th pending save time at the latest (see step_one), so
