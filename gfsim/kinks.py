@@ -598,27 +598,33 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
             args = (s["t"], t_next, dense, s["on"], s["held"], dat)
 
             def round_(c):
-                tau, tr, pending, r = c
+                tau, tr, pending, r, _ = c
                 tau_new = vm(search, *args, tr, s["E"], s["Eoff"], tau)
                 tau = jnp.where(pending, tau_new, tau)
                 e = vm(ev_at, tau, *args, s["Eoff"])
                 extra = pending[:, None] & ~tr & (e < 0) & (e < s["E"])
-                return tau, tr | extra, jnp.any(extra, axis=1), r + 1
+                return tau, tr | extra, jnp.any(extra, axis=1), r + 1, e
 
-            tau, tr, *_ = eqxi.while_loop(
+            tau, tr, _, _, e = eqxi.while_loop(
                 lambda c: jnp.any(c[2]) & (c[3] <= _RELOCATE_ROUNDS),
                 round_,
-                (jnp.ones((L,), dtype), trig, has_ev, jnp.zeros((), jnp.int32)),
+                (jnp.ones((L,), dtype), trig, has_ev, jnp.zeros((), jnp.int32),
+                 jnp.zeros_like(s["E"])),
                 max_steps=_RELOCATE_ROUNDS + 1,
                 kind="bounded",
             )
-            return tau, tr
+            # e: the event functions (with offsets) at the root, under this search's projection
+            return tau, tr, e
 
         # -- pattern changes at the event --------------------------------------------------
-        def apply_events(project, y_end, trig):
-            def one(y, on, held, tr, d, off):
+        def apply_events(project, y_end, trig, e_end):
+            """``e_end``: the event functions at ``y_end`` if the search computed them under
+            the same projection (no run slides: both without), else None."""
+
+            def one(y, on, held, tr, d, off, e):
                 ln = lane(d)
-                e = ln.events(y, on, held, project) + off
+                if e is None:
+                    e = ln.events(y, on, held, project) + off
                 fired = tr & (e < 0)
                 fired = fired | (tr & ~jnp.any(fired))  # at least the triggering ones
                 cross_hit = fired[:P]
@@ -633,15 +639,16 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 count = lambda m: jnp.sum(m).astype(jnp.int32)  # noqa: E731
                 return y, on3, held3, count(crossed), count(slid)
 
-            return vm(one, y_end, s["on"], s["held"], trig, dat, s["Eoff"])
+            return vm(one, y_end, s["on"], s["held"], trig, dat, s["Eoff"], e_end)
 
         def event_branch(project):
             # locate the first root in the step, cut the step there, apply the changes
-            tau, tr = locate(project)
+            tau, tr, e_end = locate(project)
             tau = jnp.where(has_ev, tau, 1.0)
             t_end = jnp.where(has_ev, s["t"] + tau * (t_next - s["t"]), t_next)
             y_end = jnp.where(has_ev[:, None], vm(interp, s["t"], t_next, dense, t_end), y1)
-            return (t_end, y_end) + apply_events(project, y_end, tr)[1:]
+            return (t_end, y_end) + apply_events(project, y_end, tr,
+                                                 None if project else e_end)[1:]
 
         def no_event_branch():
             return t_next, y1, s["on"], s["held"], zeros_L, zeros_L
@@ -658,6 +665,8 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         held_new = jnp.where(has_ev[:, None], held_new, s["held"])
         # back onto {z_K = 0}: after an accepted sliding step, and after a new capture
         still = ok & jnp.any(held_new, axis=1)
+        fresh = has_ev | still
+
         def after_change(project):
             # the projection (only where some run slides) and the event functions afresh
             yp = y_new
@@ -670,41 +679,41 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                 )
             return yp, ev_all(yp, on_new, held_new, project, dat)
 
-        y_new, raw_new = jax.lax.cond(
-            jnp.any(has_ev | still),
-            lambda: by_projection(jnp.any(held_new), after_change),
-            lambda: (y_new, E1 - s["Eoff"]),
-        )
-        # Offsets. A pair whose state changed here (crossed, captured, released) and that sits
-        # a hair on the wrong side of its new surface (the projection moves every pair by up to
-        # the drift it corrects) gets one: its next search starts strictly positive. Every
-        # other pair keeps its offset until it is back on its side; one that has gone past it
-        # (further to the wrong side than the offset allows: it drifted there, or a projection
-        # moved it) has its pattern set to the side its pre-activation is on, and the event
-        # functions are evaluated afresh. (Refreshing every offset at every event let a pair
-        # that drifts the wrong way push its threshold ahead of it for good, with the pattern
-        # wrong and the loss rising.)
-        fresh = has_ev | still
-        off_old = s["Eoff"]
-        past = (fresh[:, None] & (on_new == s["on"]) & (held_new == s["held"]) & ~held_new
-                & (raw_new[:, :P] + off_old[:, :P] < 0))
+        def refresh():
+            # Offsets. A pair whose state changed here (crossed, captured, released) and that
+            # sits a hair on the wrong side of its new surface (the projection moves every pair
+            # by up to the drift it corrects) gets one: its next search starts strictly
+            # positive. Every other pair keeps its offset until it is back on its side; one
+            # that has gone past it (further to the wrong side than the offset allows: it
+            # drifted there, or a projection moved it) has its pattern set to the side its
+            # pre-activation is on, and the event functions are evaluated afresh. (Refreshing
+            # every offset at every event let a pair that drifts the wrong way push its
+            # threshold ahead of it for good, with the pattern wrong and the loss rising.)
+            yp, raw = by_projection(jnp.any(held_new), after_change)
+            off_old = s["Eoff"]
+            past = (fresh[:, None] & (on_new == s["on"]) & (held_new == s["held"]) & ~held_new
+                    & (raw[:, :P] + off_old[:, :P] < 0))
 
-        def reflip():
-            on2 = on_new ^ past
-            return on2, by_projection(
-                jnp.any(held_new), lambda pr: ev_all(y_new, on2, held_new, pr, dat))
+            def reflip():
+                on2 = on_new ^ past
+                return on2, by_projection(
+                    jnp.any(held_new), lambda pr: ev_all(yp, on2, held_new, pr, dat))
 
-        on_new, raw_new = jax.lax.cond(jnp.any(past), reflip, lambda: (on_new, raw_new))
-        n_cross = n_cross + jnp.sum(past, axis=1).astype(jnp.int32)
-        changed = jnp.tile((on_new != s["on"]) | (held_new != s["held"]), (1, 3))
-        # after a flip, the pairs downstream of it at the same point moved by as much as the
-        # flipped one was off: those that went past their offset are bounced too
-        moved = jnp.concatenate(
-            [fresh[:, None] & (raw_new[:, :P] + off_old[:, :P] < 0),
-             jnp.zeros_like(raw_new[:, P:], bool)], axis=1)
-        off_new = jnp.where(changed | moved, rebase(raw_new)[1],
-                            jnp.where(raw_new >= 0, 0.0, off_old))
-        E_new = raw_new + off_new
+            on2, raw = jax.lax.cond(jnp.any(past), reflip, lambda: (on_new, raw))
+            changed = jnp.tile((on2 != s["on"]) | (held_new != s["held"]), (1, 3))
+            # after a flip, the pairs downstream of it at the same point moved by as much as
+            # the flipped one was off: those that went past their offset are bounced too
+            moved = jnp.concatenate(
+                [fresh[:, None] & (raw[:, :P] + off_old[:, :P] < 0),
+                 jnp.zeros_like(raw[:, P:], bool)], axis=1)
+            off = jnp.where(changed | moved, rebase(raw)[1],
+                            jnp.where(raw >= 0, 0.0, off_old))
+            return yp, on2, raw + off, off, jnp.sum(past, axis=1).astype(jnp.int32)
+
+        # (no run with an event or a projection: the values at the step's end, offsets kept)
+        y_new, on_new, E_new, off_new, n_flip = jax.lax.cond(
+            jnp.any(fresh), refresh, lambda: (y_new, on_new, E1, s["Eoff"], zeros_L))
+        n_cross = n_cross + n_flip
 
         # -- saves in (t, t_end] from the dense output -------------------------------------
         # Steps end at the _SAVE_SLOTS-th pending save time at the latest (see step_one), so
