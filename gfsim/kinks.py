@@ -37,6 +37,7 @@ import equinox.internal as eqxi
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import jax.scipy.linalg
 
 from .losses import loss_value
 from .trajectory import Status
@@ -207,7 +208,7 @@ def _solve_gram(J, valid, rhs):
     # (the floor: a held pair whose input has died has a zero row, and so may all of them)
     jitter = jnp.maximum(1e-13 * scale, jnp.finfo(J.dtype).tiny)
     G = G + jnp.diag(jnp.where(valid, jitter, 1.0))
-    return jnp.linalg.solve(G, rhs)
+    return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(G), rhs)
 
 
 class _Lane:
