@@ -692,8 +692,9 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
             # threshold ahead of it for good, with the pattern wrong and the loss rising.)
             yp, raw = by_projection(jnp.any(held_new), after_change)
             off_old = s["Eoff"]
-            past = (fresh[:, None] & (on_new == s["on"]) & (held_new == s["held"]) & ~held_new
-                    & (raw[:, :P] + off_old[:, :P] < 0))
+            same = (on_new == s["on"]) & (held_new == s["held"])  # pairs this event left alone
+            # (a held pair's crossing function is +inf: only free pairs can be past)
+            past = fresh[:, None] & same & (raw[:, :P] + off_old[:, :P] < 0)
 
             def reflip():
                 on2 = on_new ^ past
@@ -701,7 +702,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
                     jnp.any(held_new), lambda pr: ev_all(yp, on2, held_new, pr, dat))
 
             on2, raw = jax.lax.cond(jnp.any(past), reflip, lambda: (on_new, raw))
-            changed = jnp.tile((on2 != s["on"]) | (held_new != s["held"]), (1, 3))
+            changed = jnp.tile(~same | past, (1, 3))
             # after a flip, the pairs downstream of it at the same point moved by as much as
             # the flipped one was off: those that went past their offset are bounced too
             moved = jnp.concatenate(
