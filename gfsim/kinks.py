@@ -774,7 +774,10 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: EventConfig, bat
         status = s["status"]
         overflow = jnp.sum(held_keep, axis=1) > K
         status = jnp.where(active & overflow, int(Status.SLIDING_CAPACITY), status)
-        nonfinite = active & ~jnp.isfinite(err) & (s["h"] * fac < 1e-14 * jnp.maximum(t1, 1.0))
+        # a step that cannot be made finite at any step size the clock can still resolve (relative
+        # to t, not t1: a long log-time run overflowing on a trial step is just rejected)
+        nonfinite = active & ~jnp.isfinite(err) & (
+            s["h"] * fac < jnp.maximum(1e-13 * jnp.abs(s["t"]), jnp.finfo(dtype).tiny))
         status = jnp.where(nonfinite, int(Status.NONFINITE), status)
         if cfg.has_stop:
             lval = vm(

@@ -115,6 +115,32 @@ def test_chattering_flow_keeps_its_pattern_loss_never_rises():
     assert np.all(np.asarray(tr.final_loss) < 1e-3 * L[:, 0])
 
 
+def test_long_log_time_run_is_not_called_nonfinite():
+    # Exponential loss to t1 = 1e80 (the max-margin limit in log time): steps grow to ~1e79 and a
+    # trial step can overflow. Such a step is only rejected. (The give-up threshold was
+    # 1e-14 * t1 = 1e66: every rejected overflow below that step size ended the run as
+    # "nonfinite" at a finite loss - these three runs did, on plateaus at loss 0.5.)
+    data = gfsim.data.teacher_student(jax.random.key(40), 8, 3, teacher_widths=(10, 1))
+    net = gfsim.MLP((3, 4, 4, 1), init="gaussian", scale=0.1, key=jax.random.key(3), runs=8)
+    net = gfsim.MLP.from_weights([w[jnp.array([1, 3, 6])] for w in net.weights])
+    tr = gfsim.simulate(net, data, 1e80, loss="exponential", stop_loss=1e-60, max_steps=3000,
+                        rtol=1e-5, atol=1e-8, num_saves=4, max_sliding=16)
+    st = np.asarray(tr.status)
+    assert np.all(np.isfinite(np.asarray(tr.final_loss)))
+    assert np.all((st == Status.REACHED_T1) | (st == Status.MAX_STEPS)), tr.status_labels()
+    assert np.all(np.asarray(tr.t_final)[st == Status.REACHED_T1] == 1e80)
+
+
+def test_overflowing_relu_flow_is_nonfinite():
+    # exp(1800) at t = 0: no step size makes the step finite
+    X = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    data = gfsim.Dataset(X, jnp.array([[1.0], [-1.0]]))
+    net = gfsim.MLP.from_weights([jnp.array([[-30.0, 30.0], [-30.0, 30.0]]),
+                                  jnp.full((1, 2), 30.0)])
+    tr = gfsim.simulate(net, data, 1.0, loss="exponential", max_steps=100, method="events")
+    assert int(tr.status) == Status.NONFINITE
+
+
 # -- the depth-2 case --------------------------------------------------------------------
 
 
