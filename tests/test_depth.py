@@ -103,10 +103,90 @@ def test_run_classes_and_claims(tiny):
     else:
         assert verdict == "inconclusive"
     assert "Small-init control" in result.claims[0].measured or len(cm) < 2
-    bound_claim = result.claims[1]
-    assert bound_claim.verdict == "agrees"
+    bound_claim = result.claims[2]
+    assert bound_claim.verdict == "agrees" and "size-2 dataset" in bound_claim.measured
     assert {c.verdict for c in result.claims} <= {"agrees", "disagrees", "inconclusive"}
-    assert os.path.getsize(os.path.join(out, result.figures[0])) > 10_000
+    for f in result.figures:
+        assert os.path.getsize(os.path.join(out, f)) > 10_000
+
+
+def test_size2_part_per_run(tiny):
+    # Claim 2's pair with one output and labels +1, +1: rank measures from independent SVDs,
+    # the exact bound, positive margins on both points for converged runs, conserved balance.
+    result, d, _ = tiny
+    pc = depth.PAIR["tiny"]
+    X = d["pair_X"]
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, rtol=1e-12)
+    assert abs(X[0] @ X[1] - (-0.0100495)) < 1e-6  # cos of the paper's 90.58 degrees
+    np.testing.assert_array_equal(d["pair_Y"], np.ones((2, 1)))
+    for pre in [f"pair/k{k}/" for k in pc["depths"]] + [
+            f"pair/control/k{k}/" for k in (min(pc["depths"]), max(pc["depths"]))]:
+        k = int(pre.rstrip("/").split("k")[-1])
+        W = [d[pre + f"W{j + 1}"] for j in range(k)]
+        assert W[0].shape == (pc["seeds"], pc["width"], 2)
+        s = [np.linalg.svd(w, compute_uv=False) for w in W]
+        ratio = np.stack([si[:, 0] / np.sqrt((si**2).sum(1)) for si in s], 1)
+        np.testing.assert_allclose(d[pre + "ratio"], ratio, rtol=1e-10)
+        np.testing.assert_allclose(d[pre + "ratio_avg"], ratio[:, :-1].mean(1), rtol=1e-12)
+        assert np.all(d[pre + "ratio_avg"] >= d[pre + "bound"] - 1e-12)
+        conv = d[pre + "converged"]
+        np.testing.assert_array_equal(conv.astype(int) + d[pre + "stalled"]
+                                      + d[pre + "not_converged"], 1)
+        out = np.stack([_forward([w[r] for w in W], X) for r in range(W[0].shape[0])])
+        assert np.all(out[conv] > 0)  # both points classified +1
+        # exponential loss, mean reduction: recomputed from the saved weights
+        np.testing.assert_allclose(d[pre + "loss"], np.exp(-out).mean(1), rtol=1e-6)
+        assert np.all(d[pre + "balance_drift"] < 1e-4)
+    assert sum(d[f"pair/k{k}/converged"].sum() for k in pc["depths"]) > 0
+
+
+def test_size2_part_summary_and_verdict(tiny):
+    result, d, _ = tiny
+    pc = depth.PAIR["tiny"]
+    claim = result.claims[1]
+    assert "size-2 dataset" in claim.setting
+    ks = list(d["pair/summary/depths"])
+    for k in pc["depths"]:
+        v = d[f"pair/k{k}/ratio_avg"][d[f"pair/k{k}/converged"]]
+        assert f"k={k}: " in claim.measured
+        if k in ks:
+            assert d["pair/summary/means"][ks.index(k)] == pytest.approx(v.mean(), rel=1e-12)
+            assert f"mean {v.mean():.3f}" in claim.measured
+    k0, k1 = min(pc["depths"]), max(pc["depths"])
+    c = lambda p: d[p + "ratio_avg"][d[p + "converged"]]  # noqa: E731
+    rise, lo, hi = d["pair/summary/rise"]
+    if np.isfinite(rise):
+        assert rise == pytest.approx(c(f"pair/k{k1}/").mean() - c(f"pair/k{k0}/").mean())
+        assert lo <= rise <= hi
+    # the documented rule, from the saved numbers
+    rho, means = float(d["pair/summary/spearman"]), d["pair/summary/means"]
+    crise = d["pair/summary/control_rise"][0]
+    if len(means) >= 3 and rho >= 0.5 and lo > 0 and means[-1] >= 0.9 and not crise <= 0:
+        assert claim.verdict == "agrees"
+    elif len(means) >= 3 and rho <= -0.5 and hi < 0:
+        assert claim.verdict == "disagrees"
+    else:
+        assert claim.verdict == "inconclusive"
+
+
+def test_mean_rise_bootstrap():
+    rng = np.random.default_rng(3)
+    a = rng.normal(0.9, 0.05, 200)
+    rise, lo, hi = depth.mean_rise(a, a + 0.02)
+    assert rise == pytest.approx(0.02, abs=1e-12)
+    assert lo < 0.02 < hi and lo > 0  # 200 runs: the shift is 4 standard errors
+    rise, lo, hi = depth.mean_rise(a[:10], a[10:20])  # no shift: the interval holds 0
+    assert lo < 0 < hi
+    assert np.isnan(depth.mean_rise([0.9], a)[0])
+
+
+def test_pair_verdict_rule():
+    assert depth.pair_verdict(1.0, 0.01, 0.05, 0.95, 0.02) == "agrees"
+    assert depth.pair_verdict(1.0, 0.01, 0.05, 0.95, float("nan")) == "agrees"  # no control
+    assert depth.pair_verdict(1.0, -0.01, 0.05, 0.95, 0.02) == "inconclusive"  # noise
+    assert depth.pair_verdict(1.0, 0.01, 0.05, 0.85, 0.02) == "inconclusive"  # not near 1
+    assert depth.pair_verdict(1.0, 0.01, 0.05, 0.95, -0.01) == "inconclusive"  # control falls
+    assert depth.pair_verdict(-1.0, -0.05, -0.01, 0.95, 0.0) == "disagrees"
 
 
 def test_spearman():
