@@ -22,13 +22,15 @@ def main():
 @click.option("--only", "only", multiple=True, metavar="NAME",
               help="Run only this experiment (repeatable).")
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
-def reproduce(profile, out, only, no_progress):
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes running experiments side by side [default: 2; 1 on one core].")
+def reproduce(profile, out, only, no_progress, workers):
     """Re-run the paper's experiments; write figures and a claims-vs-measured report."""
     from .reproduce import reproduce as run
 
     try:
         results = run(out, profile=profile, experiments=list(only) or None,
-                      progress=not no_progress)
+                      progress=not no_progress, workers=workers)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     for r in results:

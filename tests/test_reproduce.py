@@ -2,6 +2,7 @@
 
 import math
 import os
+import time
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 
 from gfsim.cli import main
 from gfsim.experiments import EXPERIMENTS
+from gfsim.reproduce import reproduce, run_all
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +61,48 @@ def test_cli_rejects_unwritable_out(tmp_path):
     r = CliRunner().invoke(main, ["reproduce", "--out", str(blocker / "sub")])
     assert r.exit_code == 2
     assert "--out=" in r.output and "not a writable directory" in r.output
+
+
+def _fake_runner(name, profile, out, progress):
+    # Runs in a spawned worker: its process id and a progress message go back to the parent.
+    from gfsim.experiments import Claim, Result
+
+    if name == "boom":
+        raise ValueError("bad setting")
+    progress(f"{name}: halfway")
+    # wait (a while at most) until both workers have taken a task, so that one fast worker
+    # cannot take them all
+    open(os.path.join(out, f"pid-{os.getpid()}"), "w").close()
+    t = time.monotonic()
+    while (len([f for f in os.listdir(out) if f.startswith("pid-")]) < 2 and profile == "quick"
+           and time.monotonic() - t < 60):
+        time.sleep(0.05)
+    return Result(name=name, title=name, claims=[Claim("c", "s", str(os.getpid()), "agrees")],
+                  figures=[], data_file="", settings={"profile": profile, "out": out})
+
+
+def test_parallel_workers_run_every_experiment_in_separate_processes(tmp_path):
+    names = ["a", "b", "c", "d"]
+    msgs, done = [], []
+    res = run_all(names, "quick", str(tmp_path), 2, on_message=msgs.append,
+                  on_done=done.append, runner=_fake_runner)
+    assert sorted(res) == names and sorted(done) == names
+    assert all(res[n].name == n and res[n].settings["out"] == str(tmp_path) for n in names)
+    pids = {res[n].claims[0].measured for n in names}
+    assert len(pids) == 2 and str(os.getpid()) not in pids  # two workers, not this process
+    assert sorted(m for m in msgs if m.endswith("halfway")) == [f"{n}: halfway" for n in names]
+    # one process: the same results, run here
+    res1 = run_all(names, "alone", str(tmp_path), 1, runner=_fake_runner)
+    assert {res1[n].claims[0].measured for n in names} == {str(os.getpid())}
+
+
+def test_parallel_worker_failure_names_the_experiment(tmp_path):
+    with pytest.raises(RuntimeError, match="experiment 'boom' failed: ValueError"):
+        run_all(["a", "boom", "b"], "quick", str(tmp_path), 2, runner=_fake_runner)
+
+
+def test_reproduce_rejects_bad_workers(tmp_path):
+    with pytest.raises(ValueError, match="workers=0; allowed: an integer >= 1"):
+        reproduce(str(tmp_path), workers=0)
+    r = CliRunner().invoke(main, ["reproduce", "--workers", "0", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--workers" in r.output
