@@ -253,7 +253,7 @@ def _pair_figure(path: str, res: dict, ctrl: dict, pc: dict):
         jit = rng.uniform(-0.12, 0.12, int(m.sum()))
         ax.scatter(k + jit, r["ratio_avg"][m], s=8, color="C0", alpha=0.35)
         ax.annotate(f"{int(m.sum())}/{int(r['stalled'].sum())}/{int(r['not_converged'].sum())}",
-                    (k, 0.52), ha="center", fontsize=7)
+                    (k, 0.32), ha="center", fontsize=7)
         if m.sum() >= 2:
             v = r["ratio_avg"][m]
             boot = v[rng.integers(0, len(v), (BOOTSTRAP, len(v)))].mean(1)
@@ -275,13 +275,13 @@ def _pair_figure(path: str, res: dict, ctrl: dict, pc: dict):
     if cd:
         ax.plot(*zip(*cd), "s", color="C3", ms=7, mfc="none",
                 label=f"small-init control, scale {pc['control'][0]:g} (mean)")
-    ax.set_ylim(0.5, 1.02)
+    ax.set_ylim(0.3, 1.02)
     ax.set_xticks(list(res))
     ax.set_xlabel("depth k")
     ax.set_ylabel("||W||_2 / ||W||_F")
     ax.set_title("size-2 dataset, labels +1, +1; counts converged/stalled/not converged",
                  fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 0.07))
     ax2.plot([0, 1], [0, 1], "k:", lw=1)
     ax2.set_xlabel("balancedness lower bound")
     ax2.set_ylabel("measured average ratio")
