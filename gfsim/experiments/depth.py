@@ -243,6 +243,15 @@ def _pair_part(profile: str, kn, progress):
     return res, ctrl, summary, claim
 
 
+def _bound_panel(ax):
+    """Labels of the per-run scatter of measured average ratio against the rank-one bound."""
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set_xlabel("balancedness lower bound")
+    ax.set_ylabel("measured average ratio")
+    ax.set_title("per run (converged): measured >= bound", fontsize=9)
+    ax.legend(fontsize=7)
+
+
 def _pair_figure(path: str, res: dict, ctrl: dict, pc: dict):
     plt = pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -282,11 +291,7 @@ def _pair_figure(path: str, res: dict, ctrl: dict, pc: dict):
     ax.set_title("size-2 dataset, labels +1, +1; counts converged/stalled/not converged",
                  fontsize=9)
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 0.07))
-    ax2.plot([0, 1], [0, 1], "k:", lw=1)
-    ax2.set_xlabel("balancedness lower bound")
-    ax2.set_ylabel("measured average ratio")
-    ax2.set_title("per run (converged): measured >= bound", fontsize=9)
-    ax2.legend(fontsize=7)
+    _bound_panel(ax2)
     fig.suptitle(f"Experiment B on claim 2's dataset: width {pc['width']}, {pc['seeds']} "
                  f"seeds, gaussian init scale {pc['scale']:g}, exponential loss", fontsize=10)
     save_figure(fig, path)
@@ -331,11 +336,7 @@ def _figure(path: str, results: dict, cfg: dict, control: dict):
         ax.set_ylabel("avg over nontrivial layers")
         ax.set_title(f"{lname} loss; counts converged/stalled/not converged", fontsize=9)
         ax.legend(fontsize=7, loc="center right")
-        ax2.plot([0, 1], [0, 1], "k:", lw=1)
-        ax2.set_xlabel("balancedness lower bound")
-        ax2.set_ylabel("measured average ratio")
-        ax2.set_title("per run (converged): measured >= bound", fontsize=9)
-        ax2.legend(fontsize=7)
+        _bound_panel(ax2)
     fig.suptitle(f"Experiment B: depth vs rank (n={cfg['n']}, d={cfg['dim']}, width "
                  f"{cfg['width']}, gaussian init scale {cfg['scale']})", fontsize=10)
     save_figure(fig, path)
