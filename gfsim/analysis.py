@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
+
+from .activations import get_activation
 
 
 def singular_values(w: Float[Array, "... out in"]) -> Float[Array, "... k"]:
@@ -136,20 +137,12 @@ def balance_drift(weights: Sequence[Array], *, kind: str = "neuron", time_axis: 
 # -- activation patterns (where the ReLU flow is non-smooth) -----------------------------------
 
 
-def _activation_fn(activation: str, negative_slope: float):
-    from .nets import ACTIVATIONS
-
-    if activation == "leaky_relu":
-        return lambda z: jax.nn.leaky_relu(z, negative_slope)
-    return ACTIVATIONS.get(activation, "activation")
-
-
 def preactivations(weights: Sequence[Array], X: Array, *, activation: str = "relu",
                    negative_slope: float = 0.01) -> list[Array]:
     """Pre-activations of every layer, ``(..., n, width_j)``, for weights ``(..., out, in)`` and
     inputs ``X`` ``(..., n, d_in)`` broadcastable against the weights' leading axes (for a
     batched trajectory ``(runs, T, out, in)`` and a batch of datasets, pass ``X[:, None]``)."""
-    act = _activation_fn(activation, negative_slope)
+    act = get_activation(activation, negative_slope)
     out = []
     h = X
     for j, w in enumerate(weights):
@@ -185,18 +178,21 @@ def pattern_changes(weights: Sequence[Array], X: Array, *, time_axis: int = -3) 
     return total
 
 
-def kink_units(weights: Sequence[Array], X: Array, *, rtol: float = 1e-6) -> list[Array]:
-    """Hidden (point, unit) pairs of a ReLU net that sit on a kink: |z| <= rtol * ||w_u|| * ||h||,
-    with w_u the unit's incoming weights and h its input. One boolean ``(..., n, width_j)`` per
-    hidden layer. Pairs that stay on a kink over time while the flow moves are sliding."""
-    zs = preactivations(weights, X)
+def kink_units(weights: Sequence[Array], X: Array, *, rtol: float = 1e-6,
+               activation: str = "relu", negative_slope: float = 0.01) -> list[Array]:
+    """Hidden (point, unit) pairs of a net with a kinked activation (ReLU, leaky ReLU) that sit
+    on a kink: |z| <= rtol * ||w_u|| * ||h||, with w_u the unit's incoming weights and h its
+    input. One boolean ``(..., n, width_j)`` per hidden layer. Pairs that stay on a kink over
+    time while the flow moves are sliding."""
+    act = get_activation(activation, negative_slope)
+    zs = preactivations(weights, X, activation=activation, negative_slope=negative_slope)
     out = []
     h = X
     for j in range(len(weights) - 1):
         h_norm = jnp.linalg.norm(h, axis=-1)[..., :, None]
         w_norm = jnp.linalg.norm(weights[j], axis=-1)[..., None, :]
         out.append(jnp.abs(zs[j]) <= rtol * h_norm * w_norm)
-        h = jax.nn.relu(zs[j])
+        h = act(zs[j])
     return out
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ._result import RawResult, final_status
 from .flow import check_problem, check_scalar, objective
 from .losses import LOSSES, check_reduction
 from .trajectory import Status, Trajectory
@@ -62,14 +63,14 @@ def _gd_one(net, data, lr, cfg: _GDStatic):
     finite = jnp.isfinite(losses[-1])
     saved_net = eqx.combine(saved, skeleton)
     steps = jnp.asarray(cfg.save_steps[-1], jnp.int32)
-    return dict(
+    return RawResult(
         loss=losses,
         weights=saved_net.weights,
         biases=saved_net.biases,
         final_weights=eqx.combine(final, skeleton).weights,
         final_loss=losses[-1],
         t_final=lr * steps,
-        status=jnp.where(finite, Status.REACHED_T1, Status.NONFINITE).astype(jnp.int32),
+        status=final_status(jnp.asarray(Status.REACHED_T1, jnp.int32), finite),
         num_steps=steps,
         num_accepted=steps,
         num_rejected=jnp.zeros((), jnp.int32),
@@ -132,10 +133,9 @@ def gd(
         net_batched=net.is_batched,
         data_batched=data.is_batched,
     )
-    out = _run_gd(net, data, lr, cfg)
-    return Trajectory(
-        ts=lr * jnp.asarray(save_steps, dtype),
-        **out,
+    raw = _run_gd(net, data, lr, cfg)
+    return raw.trajectory(
+        lr * jnp.asarray(save_steps, dtype),
         loss_name=loss,
         reduction=reduction,
         activation=net.activation,

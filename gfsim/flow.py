@@ -14,19 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _exported
-from ._registry import Registry
+from ._result import RawResult, final_status, status_from_diffrax
 from .data import Dataset
 from .losses import LOSSES, check_reduction, loss_value
+from .methods import SOLVERS, AbstractMethod, Events, resolve_method
+from .methods import resolve_solver as resolve_solver  # noqa: F401  (gfsim.flow's old name)
 from .nets import MLP
-from .trajectory import Status, Trajectory
-
-SOLVERS: Registry[Callable[[], diffrax.AbstractSolver]] = Registry("solver")
-SOLVERS.register("tsit5", diffrax.Tsit5)
-SOLVERS.register("dopri5", diffrax.Dopri5)
-SOLVERS.register("dopri8", diffrax.Dopri8)
-SOLVERS.register("kvaerno5", lambda: diffrax.Kvaerno5())
-SOLVERS.register("bosh3", diffrax.Bosh3)
-SOLVERS.register("heun", diffrax.Heun)
+from .trajectory import Trajectory
 
 
 def register_solver(name: str, factory: Callable[[], diffrax.AbstractSolver]):
@@ -46,20 +40,17 @@ def log_times(t1, num: int = 64, decades: float = 6.0):
 
 @dataclasses.dataclass(frozen=True)
 class _Static:
-    """Everything that changes the compiled program (so it is part of the jit cache key)."""
+    """Everything that changes the compiled program (so it is part of the jit cache key): the
+    method object and the call's static facts."""
 
+    method: AbstractMethod
     loss: str
     reduction: str
-    solver: diffrax.AbstractSolver
-    max_steps: int
     num_saves: int
     decades: float
     has_stop: bool
     net_batched: bool
     data_batched: bool
-    method: str = "plain"
-    max_sliding: int = 16
-    lanes: int | None = None
 
 
 _TRACES = [0]
@@ -98,7 +89,7 @@ def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
-        cfg.solver,
+        cfg.method.solver,
         t0=jnp.zeros_like(t1),
         t1=t1,
         dt0=None,
@@ -107,9 +98,9 @@ def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
         # Two save streams: the requested times, and the state where the solve ended (t1, the
         # stop_loss event, or the last step before the budget ran out).
         saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        stepsize_controller=cfg.method.controller or diffrax.PIDController(rtol=rtol, atol=atol),
         event=event,
-        max_steps=cfg.max_steps,
+        max_steps=cfg.method.max_steps,
         throw=False,
     )
     ys_ts, ys_end = sol.ys
@@ -124,28 +115,16 @@ def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
 
     final_loss = flat_loss(ys_end[0], data)
     finite = jnp.isfinite(final_loss) & jnp.all(jnp.isfinite(grad_fn(ys_end[0], data)))
-    res = sol.result
-    status = jnp.where(
-        res == diffrax.RESULTS.successful,
-        Status.REACHED_T1,
-        jnp.where(
-            res == diffrax.RESULTS.event_occurred,
-            Status.STOP_LOSS,
-            jnp.where(res == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.FAILED),
-        ),
-    )
-    status = jnp.where(finite, status, Status.NONFINITE).astype(jnp.int32)
     stats = sol.stats
     saved_net = eqx.combine(saved, skeleton)
-    final_net = eqx.combine(final, skeleton)
-    return dict(
+    return RawResult(
         loss=losses,
         weights=saved_net.weights,
         biases=saved_net.biases,
-        final_weights=final_net.weights,
+        final_weights=eqx.combine(final, skeleton).weights,
         final_loss=final_loss,
         t_final=t_final,
-        status=status,
+        status=final_status(status_from_diffrax(sol.result), finite),
         num_steps=stats["num_steps"],
         num_accepted=stats["num_accepted_steps"],
         num_rejected=stats["num_rejected_steps"],
@@ -157,26 +136,17 @@ def _run(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
     _TRACES[0] += 1
     if ts is None:
         ts = log_times(t1, cfg.num_saves, cfg.decades)
-    if cfg.method == "events":
-        return ts, _run_events(net, data, t1, ts, rtol, atol, stop_loss, cfg)
+    if isinstance(cfg.method, Events):
+        return ts, _run_events(net, data, t1, ts, rtol, atol, stop_loss, cfg).as_dict()
     fn = lambda n, d: _solve_one(n, d, t1, ts, rtol, atol, stop_loss, cfg)  # noqa: E731
     if cfg.net_batched or cfg.data_batched:
         fn = jax.vmap(fn, in_axes=(0 if cfg.net_batched else None, 0 if cfg.data_batched else None))
-    return ts, fn(net, data)
+    return ts, fn(net, data).as_dict()
 
 
 def _run_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
-    from .kinks import EventConfig, solve_events
+    from .events import solve_events
 
-    ecfg = EventConfig(
-        loss=cfg.loss,
-        reduction=cfg.reduction,
-        solver=cfg.solver,
-        max_steps=cfg.max_steps,
-        max_sliding=cfg.max_sliding,
-        has_stop=cfg.has_stop,
-        lanes=cfg.lanes,
-    )
     batched = cfg.net_batched or cfg.data_batched
     if batched:
         runs = net.runs if cfg.net_batched else data.runs
@@ -188,28 +158,8 @@ def _run_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
 
         net = net if cfg.net_batched else tile(net)
         data = data if cfg.data_batched else tile(data)
-    return solve_events(net, data, t1, ts, rtol, atol, stop_loss, ecfg, batched)
-
-
-METHODS = ("auto", "events", "plain")
-
-
-def resolve_lanes(lanes, runs: int) -> int | None:
-    """The ``lanes`` option as a lane count for ``runs`` runs (None: one lane per run)."""
-    if lanes is None:
-        return None
-    if isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1:
-        raise ValueError(f"lanes={lanes!r} is not allowed; allowed: None or a positive integer.")
-    return None if lanes >= runs else int(lanes)
-
-
-def resolve_method(method: str, activation: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not allowed; allowed: {', '.join(METHODS)}.")
-    kinked = activation in ("relu", "leaky_relu")
-    if method == "auto":
-        return "events" if kinked else "plain"
-    return method
+    return solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg.method, loss=cfg.loss,
+                        reduction=cfg.reduction, has_stop=cfg.has_stop, batched=batched)
 
 
 def check_scalar(x, field: str, *, positive: bool):
@@ -252,12 +202,6 @@ def check_problem(net, data) -> None:
         )
 
 
-def resolve_solver(solver) -> diffrax.AbstractSolver:
-    if isinstance(solver, diffrax.AbstractSolver):
-        return solver
-    return SOLVERS.get(solver, "solver")()
-
-
 def simulate(
     net: MLP,
     data: Dataset,
@@ -273,7 +217,7 @@ def simulate(
     atol=None,
     stop_loss=None,
     max_steps: int = 100_000,
-    method: str = "auto",
+    method="auto",
     max_sliding: int = 16,
     lanes: int | None = None,
 ) -> Trajectory:
@@ -300,10 +244,13 @@ def simulate(
     - ``rtol``, ``atol``: PID step-size control tolerances; ``atol`` defaults to ``rtol * 1e-3``.
     - ``stop_loss``: stop a run as soon as its loss falls below this value (per run).
     - ``max_steps``: step budget per run; a run that exhausts it ends with status ``max_steps``.
-    - ``method``: ``"auto"`` (default: ``"events"`` for ReLU and leaky-ReLU nets, ``"plain"``
-      otherwise), ``"events"`` (the exact piecewise-smooth flow through kinks and sliding modes,
-      :mod:`gfsim.kinks`; explicit solvers only) or ``"plain"`` (Diffrax's ``diffeqsolve`` on
-      the discontinuous field: it may stall where the flow slides).
+    - ``method``: ``"auto"`` (default: ``"events"`` for nets whose activation has a kink, such
+      as ReLU and leaky ReLU, ``"plain"`` otherwise), ``"events"`` (the exact piecewise-smooth
+      flow through kinks and sliding modes, :mod:`gfsim.events`; explicit solvers only) or
+      ``"plain"`` (Diffrax's ``diffeqsolve`` on the discontinuous field: it may stall where the
+      flow slides); or a method object, :class:`gfsim.methods.Events` or
+      :class:`gfsim.methods.Plain`, which carries its own solver and budget (the ``solver``,
+      ``max_steps``, ``max_sliding`` and ``lanes`` arguments then do not apply).
     - ``max_sliding``: how many (unit, point) pairs may slide at once under ``"events"``; a run
       that needs more ends with status ``sliding_capacity``. Costs grow with it.
     - ``lanes``: under ``"events"``, how many runs of a batch the loop advances at once (None,
@@ -320,27 +267,25 @@ def simulate(
     check_problem(net, data)
     LOSSES.check(loss, "loss")
     check_reduction(reduction)
-    solver = resolve_solver(solver)
     check_scalar(t1, "t1", positive=True)
     check_scalar(rtol, "rtol", positive=True)
     if atol is not None:
         check_scalar(atol, "atol", positive=True)
     if stop_loss is not None:
         check_scalar(stop_loss, "stop_loss", positive=False)
-    if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-        raise ValueError(f"max_steps={max_steps!r} must be a positive integer.")
-    method = resolve_method(method, net.activation)
-    if method == "events" and not isinstance(solver, diffrax.AbstractERK):
-        raise ValueError(
-            f"solver={type(solver).__name__} cannot be used with method='events'; allowed: "
-            "explicit Runge-Kutta solvers (tsit5, dopri5, dopri8, bosh3) or method='plain'."
-        )
-    if not isinstance(max_sliding, (int, np.integer)) or max_sliding < 1:
-        raise ValueError(f"max_sliding={max_sliding!r} must be a positive integer.")
+    method = resolve_method(method, net.activation_fn, solver=solver, max_steps=max_steps,
+                            max_sliding=max_sliding, lanes=lanes)
     if not isinstance(num_saves, int) or num_saves < 2:
         raise ValueError(f"num_saves={num_saves!r} must be an integer >= 2.")
     runs = net.runs or data.runs or 1
-    lanes = resolve_lanes(lanes, runs)
+    if isinstance(method, Events):
+        if not net.activation_fn.has_kink:
+            raise ValueError(
+                f"method=Events with activation={net.activation!r}: the event-driven solver is "
+                "for activations with a kink (relu, leaky_relu); use method='plain'.")
+        if method.lanes is not None and method.lanes >= runs:
+            # as many lanes as runs is the lockstep solve: one compiled program for both
+            method = dataclasses.replace(method, lanes=None)
     dtype = net.weights[0].dtype
     # Host values go in as NumPy arrays (traced by the jit without a device dispatch each).
     t1, rtol, stop = (_as_array(x, dtype) for x in (t1, rtol, -np.inf if stop_loss is None
@@ -355,31 +300,27 @@ def simulate(
             if np.any(np.diff(t) < 0) or t[0] < 0 or t[-1] > float(t1):
                 raise ValueError("ts must be non-decreasing times within [0, t1].")
     cfg = _Static(
+        method=method,
         loss=loss,
         reduction=reduction,
-        solver=solver,
-        max_steps=int(max_steps),
         # Only used to build default save times: fixed when ts is given, so no recompiles.
         num_saves=num_saves if ts is None else 0,
         decades=float(decades) if ts is None else 0.0,
         has_stop=stop_loss is not None,
         net_batched=net.is_batched,
         data_batched=data.is_batched,
-        method=method,
-        max_sliding=int(max_sliding),
-        lanes=lanes if method == "events" else None,
     )
     # a stored export of this solve's traced program, when one applies (see gfsim._exported)
     res = _exported.cached_call(_run, (net, data, t1, ts, rtol, atol, stop), cfg)
-    ts, out = res if res is not None else _run(net, data, t1, ts, rtol, atol, stop, cfg)
-    return Trajectory(
-        ts=ts,
-        **out,
+    ts, raw = res if res is not None else _run(net, data, t1, ts, rtol, atol, stop, cfg)
+    events = isinstance(method, Events)
+    return RawResult(**raw).trajectory(
+        ts,
         loss_name=loss,
         reduction=reduction,
         activation=net.activation,
-        method=f"gf:{type(solver).__name__.lower()}" + ("+events" if method == "events" else ""),
-        lanes=(lanes or runs) if method == "events" else None,
+        method=method.label(),
+        lanes=(method.lanes or runs) if events else None,
     )
 
 

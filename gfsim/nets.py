@@ -19,30 +19,11 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._config import default_dtype
 from ._registry import Registry
 
-# ----------------------------------------------------------------------------------------------
-# Activations
-
-ACTIVATIONS: Registry[Callable] = Registry("activation")
-
-
-def _relu(x):
-    # jax.nn.relu's derivative at 0 is 0: the Clarke-subgradient convention of the paper.
-    return jax.nn.relu(x)
-
-
-def _linear(x):
-    return x
-
-
-ACTIVATIONS.register("relu", _relu)
-ACTIVATIONS.register("linear", _linear)
-ACTIVATIONS.register("leaky_relu", jax.nn.leaky_relu)  # MLP.act passes its negative_slope
-
-
-def register_activation(name: str, fn: Callable) -> Callable:
-    """Make ``fn`` (elementwise, JAX-traceable) available as ``MLP(..., activation=name)``."""
-    return ACTIVATIONS.register(name, fn)
-
+# Activations live in gfsim.activations (re-exported here: nets.ACTIVATIONS, register_activation).
+from .activations import ACTIVATIONS as ACTIVATIONS  # noqa: E402
+from .activations import Activation as Activation  # noqa: E402
+from .activations import get_activation  # noqa: E402
+from .activations import register_activation as register_activation  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # Initialisations. Each takes (key, widths, scale, dtype) and returns a list of (out, in) matrices.
@@ -306,10 +287,13 @@ class MLP(eqx.Module):
         return jax.tree_util.tree_map(lambda a: a[index], self)
 
     # -- evaluation ----------------------------------------------------------------------------
+    @property
+    def activation_fn(self) -> Activation:
+        """The :class:`~gfsim.activations.Activation` (function and kink) of the hidden layers."""
+        return get_activation(self.activation, self.negative_slope)
+
     def act(self, z):
-        if self.activation == "leaky_relu":
-            return jax.nn.leaky_relu(z, self.negative_slope)
-        return ACTIVATIONS.get(self.activation)(z)
+        return self.activation_fn(z)
 
     def preactivations(self, x: Float[Array, "n d_in"]) -> list[Array]:
         """Pre-activations ``W_j h_{j-1} (+ b_j)`` of every layer for inputs ``x`` (n, d_in) of a

@@ -329,7 +329,8 @@ def test_unrolled_step_is_diffraxs_step(solver):
     # The event loop runs explicit FSAL stages itself (the events come from the last stage);
     # one step of it must be Diffrax's step: y1, error estimate, dense output, FSAL value. On
     # a nonlinear ODE with a jump (first stage afresh) for one of two runs.
-    from gfsim.kinks import _erk_step, _unrolled
+    from gfsim.events._step import erk_step as _erk_step
+    from gfsim.events._step import unrolled as _unrolled
 
     assert _unrolled(solver) and not _unrolled(diffrax.Kvaerno5()) and not _unrolled(
         diffrax.Dopri8())

@@ -22,7 +22,8 @@ import numpy as np
 from .. import analysis
 from ..data import Dataset
 from ..descent import gd
-from ..flow import objective, resolve_method, simulate
+from ..flow import objective, simulate
+from ..methods import resolve_method
 from ..nets import MLP
 from .measure import (
     accuracy,
@@ -90,7 +91,7 @@ def reference(p: Problem):
                      max_steps=p.ref_max_steps, method=p.reference_method)
     tr, first = first_call(lambda: simulate(p.net, p.data, p.t1, **kw))
     status = tr.status_counts()
-    method = resolve_method(p.reference_method, p.net.activation)
+    method = resolve_method(p.reference_method, p.net.activation_fn).name
     if status.get("reached_t1", 0) != p.runs:
         raise RuntimeError(f"{p.name}: the reference (dopri8, method={method}) did not reach t1 "
                            f"in every run: {status}")
@@ -106,7 +107,7 @@ def reference(p: Problem):
 
 def bench_gfsim(p: Problem, ref, repeats, *, rtols=None, method="auto", memory=True):
     """gfsim.simulate (Tsit5 + PID) at each rtol, as a user calls it."""
-    resolved = resolve_method(method, p.net.activation)
+    resolved = resolve_method(method, p.net.activation_fn).name
     rows = []
     for i, r in enumerate(p.rtols if rtols is None else rtols):
         kw = _sim_kwargs(p, rtol=r, max_steps=p.max_steps, method=method)

@@ -68,14 +68,6 @@ NUM_SAVES = 24
 DECADES = 10.0
 
 
-def _forward(weights, X):
-    """Numpy forward pass of a bias-free ReLU net for one run: weights (out, in) per layer."""
-    h = X.T
-    for w in weights[:-1]:
-        h = np.maximum(w @ h, 0.0)
-    return (weights[-1] @ h).T  # (n, 1)
-
-
 def summarise(tr, w0, X: np.ndarray, Y: np.ndarray, stop_loss: float) -> dict:
     """Per-run end-of-flow rank measures, the rank-one bound and the balancedness check."""
     W = [np.asarray(w) for w in tr.final_weights]  # (runs, out, in) per layer
@@ -87,7 +79,7 @@ def summarise(tr, w0, X: np.ndarray, Y: np.ndarray, stop_loss: float) -> dict:
     sr = np.stack([np.asarray(analysis.stable_rank(w)) for w in W], 1)
     ratio_avg = ratio[:, : k - 1].mean(1)  # nontrivial layers only
     xn = np.linalg.norm(X, axis=1)
-    out = np.stack([_forward([w[r] for w in W], X)[:, 0] for r in range(runs)])  # (runs, n)
+    out = np.asarray(analysis.preactivations(tr.final_weights, X)[-1])[..., 0]  # (runs, n)
     c = np.max(np.abs(out) / xn, 1)
     margin = np.min(Y[None, :, 0] * out / xn, 1)
     F2 = np.mean(frob**2, 1)

@@ -1,0 +1,66 @@
+"""Event functions: one value per pair and kind, all >= 0 while nothing happens.
+
+For each of the P pairs, three functions side by side (3P values):
+
+- crossing: ``side * z + slack`` for a free pair (side +1 if on, -1 if off); +inf if held. The
+  slack ``_Z_SLACK * |w_u| |h_i|`` makes a crossing fire a hair past the kink, so the flipped side
+  starts strictly positive and a pair that grazes its kink right after a change is found on its
+  way back;
+- release low / high, for a held pair: ``lambda - left + slack`` and ``right - lambda + slack``
+  (the multiplier leaving [left, right]); +inf for free pairs.
+
+Values are kept with a per-function offset (:func:`rebase`): a function that sits a hair below
+zero right after a change starts its next search strictly positive.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from . import _sliding
+from ._model import FrozenPattern
+
+# A free pair's crossing fires at side * z = -_Z_SLACK * |w_u| |h_i| (not at 0).
+_Z_SLACK = 1e-13
+# A sliding pair is released when lambda leaves [left - slack, right + slack] (slack relative to
+# right - left). The hysteresis stops grazing exits (lambda touching a bound and returning) from
+# cycling between release and capture; it perturbs the flow only at second order in slack.
+_LAMBDA_SLACK = 1e-7
+
+
+def assemble(model: FrozenPattern, z, scale, on, held, lam):
+    """The 3P event values from pre-activations ``z``, their scales, the pattern and the
+    multipliers ``lam`` (None: no pair is held, the release functions are +inf)."""
+    side = jnp.where(on, 1.0, -1.0)
+    slack = _Z_SLACK * jax.lax.stop_gradient(scale)
+    cross = jnp.where(held, jnp.inf, side * z + slack)
+    if lam is not None:
+        ls = _LAMBDA_SLACK * (model.right - model.left)
+        lo = jnp.where(held, lam - model.left + ls, jnp.inf)
+        hi = jnp.where(held, model.right - lam + ls, jnp.inf)
+    else:
+        lo = hi = jnp.full(z.shape, jnp.inf, z.dtype)
+    return jnp.concatenate([cross, lo, hi])
+
+
+def values(model: FrozenPattern, data, theta, on, held, slots: int):
+    """The event values at ``theta`` (``slots`` as for :func:`gfsim.events._sliding.field`)."""
+    D = model.slopes(on, held)
+    _, z, scale = model.forward(theta, data.X, D, scales=True)
+    lam = _sliding.field(model, data, theta, on, held, slots)[1] if slots else None
+    return assemble(model, z.reshape(-1), scale.reshape(-1), on, held, lam)
+
+
+def field_and_values(model: FrozenPattern, data, theta, on, held):
+    """The plain field (no projection) and the event values at one point, from one forward
+    pass."""
+    F, _, z, scale = _sliding.field(model, data, theta, on, held, 0, model.grad_and_c_aux)
+    return F, assemble(model, z, scale, on, held, None)
+
+
+def rebase(raw):
+    """Event values with offsets: a negative value gets offset -2 * value (it starts as
+    positive as it was negative); returns (values + offsets, offsets)."""
+    off = jnp.where(raw < 0, -2.0 * raw, 0.0)
+    return raw + off, off

@@ -1,0 +1,371 @@
+"""The driver: the event-driven solve of a batch, one loop over all runs.
+
+Each iteration, for every lane at once (see docs/nonsmooth.md):
+
+1. a trial step of the frozen-pattern flow (sliding lanes: the projected field) with its error
+   ratio and the event values at its end (:mod:`._step`);
+2. if some event function fell below zero in an acceptable step, the first root on the dense
+   output (:mod:`._locate`), the step cut there and the pattern changes applied: cross, slide or
+   release (:mod:`._decide`);
+3. after a change or a sliding step: the state projected back onto the held kinks
+   (:mod:`._sliding`) and the event values and their offsets afresh;
+4. the save times passed, interpolated from the dense output (:mod:`._saves`);
+5. the next step size (:mod:`._control`), and the run's status: done at t1, at stop_loss, out of
+   steps, non-finite;
+6. with fewer lanes than runs, lanes whose run is done take the next pending run
+   (:mod:`._refill`).
+
+The costly branches (event location, the projection) run only on iterations where some run
+needs them (one choice for the whole batch), so runs with different event counts do not
+serialise the batch. Reverse-mode gradients go through the checkpointed loop.
+"""
+
+from __future__ import annotations
+
+import diffrax
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+
+from .._result import RawResult, final_status
+from ..trajectory import Status
+from . import _control, _decide, _functions, _locate, _refill, _saves, _sliding, _step
+from ._model import FrozenPattern, flatten
+from ._state import Lanes, LoopState, Refill, RunRecord, select
+
+_LOOP_KIND = "checkpointed"
+
+
+class Setup:
+    """What every part of one solve reads: the model, the solver, the batch's data and the
+    problem's constants. Built at trace time (its arrays are traced); not a pytree."""
+
+    def __init__(self, net, data, t1, ts, rtol, atol, stop_loss, method, loss, reduction,
+                 has_stop, batched):
+        single = net if not batched else jax.tree_util.tree_map(lambda a: a[0], net)
+        self.model = FrozenPattern(single, loss, reduction)
+        if batched:
+            self.theta0 = jax.vmap(lambda n: flatten(n)[0])(net)
+        else:
+            self.theta0 = flatten(net)[0][None]
+            data = jax.tree_util.tree_map(lambda a: a[None], data)
+        self.data = data  # leading run axis
+        self.runs, self.params = self.theta0.shape
+        self.points = data.X.shape[1]
+        self.pairs = self.points * self.model.hsum
+        self.ts, self.t1, self.stop_loss = ts, t1, stop_loss
+        self.solver = method.solver
+        self.error_order = self.solver.error_order(diffrax.ODETerm(lambda t, y, a: y))
+        self.controller = _control.controller(method, rtol, atol)
+        self.rtol, self.atol = self.controller.rtol, self.controller.atol
+        self.unrolled = _step.unrolled(self.solver)
+        self.slots = method.max_sliding  # rows for held pairs in a projection
+        self.max_steps = method.max_steps
+        self.has_stop = has_stop
+        self.lanes = self.runs if method.lanes is None else min(int(method.lanes), self.runs)
+        self.refill = self.lanes < self.runs
+
+    def by_projection(self, flag, fn):
+        """fn(slots) if any run slides, else fn(0): one choice for the whole batch, so the
+        projection's cost (a backward pass per slot) is paid only on iterations where some run
+        needs it. (Tiers of slots, e.g. 4 while no run holds more, gained 6% on W-B and cost a
+        third more compile time: every branch is one more trace.)"""
+        return jax.lax.cond(flag, lambda: fn(self.slots), lambda: fn(0))
+
+    def event_values(self, theta, on, held, slots, data):
+        m = self.model
+        return jax.vmap(lambda th, o, h, d: _functions.values(m, d, th, o, h, slots))(
+            theta, on, held, data)
+
+
+def start_lanes(setup: Setup, theta0, data) -> Lanes:
+    """The starting state of a batch of lanes: each pair on the side its pre-activation is on,
+    none held, the event values and the first step size.
+
+    A pair that starts exactly at its kink (z = 0) starts off. Its crossing function is then
+    the slack alone, so if the flow pushes it onto its positive side, the first step finds the
+    root at its very start and the pair crosses or slides like any other; if the flow pushes it
+    further off, nothing happens. No decision (and no projection) is needed before the loop, so
+    the loop's own event handling is the only one compiled."""
+    m = setup.model
+    B, P = theta0.shape[0], setup.pairs
+
+    def one(theta, d):
+        net = eqx.combine(m.unravel(theta), m.skeleton)
+        on = jnp.concatenate(net.preactivations(d.X)[:-1], axis=-1).reshape(-1) > 0
+        held = jnp.zeros(P, bool)
+        values = _functions.values(m, d, theta, on, held, 0)
+        term = diffrax.ODETerm(lambda t, y, a: _sliding.field(m, d, y, on, held, 0)[0])
+        h0, cstate = _control.initial_step(setup, term, theta, d)
+        return on, values, h0, cstate
+
+    on0, E, h0, cstate0 = jax.vmap(one)(theta0, data)
+    E0, Eoff0 = _functions.rebase(E)
+    zeros = jnp.zeros((B,), jnp.int32)
+    S0 = jnp.sum(setup.ts <= 0).astype(jnp.int32)
+    dummy = diffrax.ODETerm(lambda t, y, a: y)
+    return Lanes(
+        t=jnp.zeros((B,), theta0.dtype),
+        y=theta0,
+        h=h0,
+        controller_state=cstate0,
+        on=on0,
+        held=jnp.zeros((B, P), bool),
+        event_values=E0,
+        event_offsets=Eoff0,
+        jump=jnp.ones((B,), bool),
+        first_stage=jax.vmap(lambda th: setup.solver.init(dummy, 0.0, 1.0, th, None))(theta0),
+        done=jnp.zeros((B,), bool),
+        status=zeros + int(Status.REACHED_T1),
+        steps=zeros,
+        accepted=zeros,
+        rejected=zeros,
+        crossings=zeros,
+        slides=zeros,
+        save_index=jnp.full((B,), S0, jnp.int32),
+    )
+
+
+def _cut_at_events(setup: Setup, s: Lanes, data, t_next, y1, dense, trig, has_ev, E1):
+    """If any lane has an event: locate the first root (with the projection only if some lane
+    slides and has a release event), cut the step there and apply the pattern changes (with the
+    projection if some lane slides). Returns t_end, y_end, on, held and the
+    numbers of crossings and captures per lane."""
+    m, solver = setup.model, setup.solver
+    P = setup.pairs
+    zeros_L = jnp.zeros(s.t.shape, jnp.int32)
+
+    def locate(slots):
+        def one(t0_, t1_, dn, on, held, d, tr, Ea, Eb, off):
+            interp = lambda tau: _saves.interpolate(  # noqa: E731
+                solver, t0_, t1_, dn, t0_ + tau * (t1_ - t0_))
+            return _locate.first_root(m, d, interp, on, held, tr, Ea, Eb, off, slots)
+
+        return jax.vmap(one)(s.t, t_next, dense, s.on, s.held, data, trig, s.event_values, E1,
+                             s.event_offsets)
+
+    def cut_and_apply(sliding):
+        # Only the release events (lambda reaching its bounds) need the projection in the
+        # search; when no run has one triggered, the search evaluates the pre-activations alone.
+        need_lam = sliding & jnp.any(trig[:, P:])
+        tau, tr, e_end = jax.lax.cond(need_lam, lambda: locate(setup.slots), lambda: locate(0))
+        tau = jnp.where(has_ev, tau, 1.0)
+        t_end = jnp.where(has_ev, s.t + tau * (t_next - s.t), t_next)
+        y_end = jnp.where(
+            has_ev[:, None],
+            jax.vmap(lambda a, b, dn, q: _saves.interpolate(solver, a, b, dn, q))(
+                s.t, t_next, dense, t_end),
+            y1)
+
+        def apply(slots):
+            # the values the search computed apply when it used the same projection (none)
+            e = None if slots else e_end
+            return jax.vmap(
+                lambda y, o, h, tr_, d, off, ev: _decide.apply(m, d, y, o, h, tr_, off, ev,
+                                                               slots),
+                in_axes=(0, 0, 0, 0, 0, 0, None if e is None else 0),
+            )(y_end, s.on, s.held, tr, data, s.event_offsets, e)
+
+        return (t_end, y_end) + setup.by_projection(sliding, apply)
+
+    def no_event_branch():
+        return t_next, y1, s.on, s.held, zeros_L, zeros_L
+
+    sliding = jnp.any(s.held & ~s.done[:, None])
+    return jax.lax.cond(jnp.any(has_ev), lambda: cut_and_apply(sliding), no_event_branch)
+
+
+def _refresh(setup: Setup, s: Lanes, data, y_new, on_new, held_new, fresh, still):
+    """After events and sliding steps: the projection back onto the held kinks, and the event
+    values and offsets afresh.
+
+    A pair whose state changed here (crossed, captured, released) and that sits a hair on the
+    wrong side of its new surface (the projection moves every pair by up to the drift it
+    corrects) gets an offset: its next search starts strictly positive. Every other pair keeps
+    its offset until it is back on its side; one that has gone past it (further to the wrong
+    side than the offset allows: it drifted there, or a projection moved it) has its pattern
+    set to the side its pre-activation is on, and the event values are evaluated afresh.
+    (Refreshing every offset at every event let a pair that drifts the wrong way push its
+    threshold ahead of it for good, with the pattern wrong and the loss rising.)"""
+    m = setup.model
+    P = setup.pairs
+
+    def after_change(slots):
+        yp = y_new
+        if slots:
+            yp = jnp.where(
+                still[:, None],
+                jax.vmap(lambda y, o, hl, d: _sliding.project(m, d, y, o, hl, slots))(
+                    y_new, on_new, held_new, data),
+                y_new,
+            )
+        return yp, setup.event_values(yp, on_new, held_new, slots, data)
+
+    any_held = jnp.any(held_new)
+    yp, raw = setup.by_projection(any_held, after_change)
+    off_old = s.event_offsets
+    same = (on_new == s.on) & (held_new == s.held)  # pairs this event left alone
+    # (a held pair's crossing function is +inf: only free pairs can be past)
+    past = fresh[:, None] & same & (raw[:, :P] + off_old[:, :P] < 0)
+
+    def reflip():
+        on2 = on_new ^ past
+        return on2, setup.by_projection(
+            any_held, lambda pr: setup.event_values(yp, on2, held_new, pr, data))
+
+    on2, raw = jax.lax.cond(jnp.any(past), reflip, lambda: (on_new, raw))
+    changed = jnp.tile(~same | past, (1, 3))
+    # after a flip, the pairs downstream of it at the same point moved by as much as the
+    # flipped one was off: those that went past their offset are bounced too
+    moved = jnp.concatenate(
+        [fresh[:, None] & (raw[:, :P] + off_old[:, :P] < 0),
+         jnp.zeros_like(raw[:, P:], bool)], axis=1)
+    off = jnp.where(changed | moved, _functions.rebase(raw)[1],
+                    jnp.where(raw >= 0, 0.0, off_old))
+    return yp, on2, raw + off, off, jnp.sum(past, axis=1).astype(jnp.int32)
+
+
+def _iterate(setup: Setup, state: LoopState) -> LoopState:
+    """One iteration of the loop over all lanes."""
+    s = state.lanes
+    data = state.refill.data if setup.refill else setup.data  # each lane's dataset
+    active = ~s.done
+    sliding = jnp.any(s.held & active[:, None])
+
+    # 1. the trial step
+    def trial(slots):
+        return jax.vmap(
+            lambda y, t, h, o, hl, j, f, i, d: _step.attempt(setup, d, y, t, h, o, hl, j, f, i,
+                                                             slots)
+        )(s.y, s.t, s.h, s.on, s.held, s.jump, s.first_stage, s.save_index, data)
+
+    y1, t_next, yerr, err, dense, fsal1, E1 = setup.by_projection(sliding, trial)
+    keep, h_next, cstate = jax.vmap(lambda h, y0, y1_, ye, cs: _control.adapt(
+        setup, h, y0, y1_, ye, cs))(s.h, s.y, y1, yerr, s.controller_state)
+    ok = keep & jnp.isfinite(err) & jnp.all(jnp.isfinite(y1), axis=1) & active
+    E1 = E1 + s.event_offsets
+    trig = (E1 < 0) & (E1 < s.event_values) & ok[:, None]
+    has_ev = jnp.any(trig, axis=1)
+
+    # 2. events: locate, cut, decide
+    t_end, y_new, on_new, held_new, n_cross, n_slide = _cut_at_events(
+        setup, s, data, t_next, y1, dense, trig, has_ev, E1)
+    # keep the changes of runs with an event only (the release pass of decide runs on every
+    # run of the event branch)
+    on_new = jnp.where(has_ev[:, None], on_new, s.on)
+    held_new = jnp.where(has_ev[:, None], held_new, s.held)
+
+    # 3. back onto {z_K = 0}: after an accepted sliding step, and after a new capture
+    still = ok & jnp.any(held_new, axis=1)
+    fresh = has_ev | still
+    y_new, on_new, E_new, off_new, n_flip = jax.lax.cond(
+        jnp.any(fresh),
+        lambda: _refresh(setup, s, data, y_new, on_new, held_new, fresh, still),
+        # (no run with an event or a projection: the values at the step's end, offsets kept)
+        lambda: (y_new, on_new, E1, s.event_offsets, jnp.zeros_like(n_cross)))
+    n_cross = n_cross + n_flip
+
+    # 4. saves in (t, t_end]
+    rows = state.refill.run_of_lane if setup.refill else jnp.arange(setup.lanes)
+    saves, saved_held, save_index = _saves.record(
+        setup, s, t_next, t_end, dense, y_new, has_ev, ok, state.saves, state.saved_held, rows)
+
+    # 5. step size and status
+    h_new = jnp.where(active, h_next, s.h)
+    cstate = select(active, cstate, s.controller_state)
+    t_new = jnp.where(ok, t_end, s.t)
+    moved = Lanes(
+        t=t_new, y=y_new, h=h_new, controller_state=cstate, on=on_new, held=held_new,
+        event_values=E_new, event_offsets=off_new, jump=has_ev | still, first_stage=fsal1,
+        done=s.done, status=s.status, steps=s.steps, accepted=s.accepted, rejected=s.rejected,
+        crossings=s.crossings + n_cross, slides=s.slides + n_slide, save_index=save_index)
+    # an accepted step moves the lane; a rejected one keeps its state (but its new step size
+    # and its save index)
+    new = moved.where(ok, s).replace(h=h_new, controller_state=cstate, save_index=save_index)
+    new = _outcome(setup, new, s, active, ok, err, data)
+    state = state.replace(lanes=new, saves=saves, saved_held=saved_held,
+                          iteration=state.iteration + 1)
+    if not setup.refill:
+        return state
+    return jax.lax.cond(
+        jnp.any(new.done & (state.refill.run_of_lane < setup.runs)),
+        lambda st: _refill.store_and_load(setup, st, lambda th, d: start_lanes(setup, th, d)),
+        lambda st: st, state)
+
+
+def _outcome(setup: Setup, new: Lanes, old: Lanes, active, ok, err, data) -> Lanes:
+    """Counters, and which lanes are done and why."""
+    steps = old.steps + active
+    done = old.done | (ok & (new.t >= setup.t1))
+    status = old.status
+    overflow = jnp.sum(new.held, axis=1) > setup.slots
+    status = jnp.where(active & overflow, int(Status.SLIDING_CAPACITY), status)
+    # a step that cannot be made finite at any step size the clock can still resolve (relative
+    # to t, not t1: a long log-time run overflowing on a trial step is just rejected)
+    nonfinite = active & ~jnp.isfinite(err) & (
+        new.h < jnp.maximum(1e-13 * jnp.abs(old.t), jnp.finfo(old.t.dtype).tiny))
+    status = jnp.where(nonfinite, int(Status.NONFINITE), status)
+    if setup.has_stop:
+        m = setup.model
+        lval = jax.vmap(lambda y, o, hl, d: m.loss(y, d, m.slopes(o, hl)))(
+            new.y, new.on, new.held, data)
+        hit_stop = active & ok & (lval < setup.stop_loss) & ~done
+        status = jnp.where(hit_stop, int(Status.STOP_LOSS), status)
+        done = done | hit_stop
+    done = done | (active & (overflow | nonfinite))
+    exhausted = active & ~done & (steps >= setup.max_steps)
+    status = jnp.where(exhausted, int(Status.MAX_STEPS), status)
+    done = done | exhausted
+    return new.replace(done=done, status=status, steps=steps, accepted=old.accepted + ok,
+                       rejected=old.rejected + (active & ~ok))
+
+
+def solve_events(net, data, t1, ts, rtol, atol, stop_loss, method, *, loss, reduction,
+                 has_stop: bool, batched: bool) -> RawResult:
+    """Event-driven solve of a batch (leading run axis on net and data when ``batched``).
+    ``method``: a :class:`gfsim.methods.Events`; ``has_stop``: whether ``stop_loss`` applies."""
+    setup = Setup(net, data, t1, ts, rtol, atol, stop_loss, method, loss, reduction, has_stop,
+                  batched)
+    R, L, S, p, P = setup.runs, setup.lanes, ts.shape[0], setup.params, setup.pairs
+    m = setup.model
+    lanes0 = start_lanes(setup, setup.theta0[:L], _refill.take(setup.data, jnp.arange(L)))
+    rid0 = jnp.arange(L, dtype=jnp.int32)
+    saves0, saved_held0 = _saves.put_start(setup, jnp.full((R, S, p), jnp.nan, setup.theta0.dtype),
+                                           jnp.zeros((R, S, P), bool), rid0, lanes0)
+    refill = None
+    if setup.refill:
+        refill = Refill(data=_refill.take(setup.data, jnp.arange(L)), run_of_lane=rid0,
+                        next_run=jnp.asarray(L, jnp.int32),
+                        record=RunRecord.empty(lanes0, R))
+    state0 = LoopState(lanes=lanes0, saves=saves0, saved_held=saved_held0,
+                       iteration=jnp.zeros((), jnp.int32), refill=refill)
+    final = eqxi.while_loop(
+        lambda st: ~jnp.all(st.lanes.done),
+        lambda st: _iterate(setup, st),
+        state0,
+        # with refill, list scheduling ends by (sum of run lengths) / L + the longest run
+        max_steps=(setup.max_steps + 1) * ((-(-R // L) + 1) if setup.refill else 1),
+        kind=_LOOP_KIND,
+    )
+    runs = final.refill.record if setup.refill else final.lanes  # per run
+
+    def finish(theta, ys, on, held, d):
+        losses = jax.vmap(lambda y: m.true_loss(y, d))(ys)
+        fl = m.true_loss(theta, d)
+        g = jax.grad(m.loss)(theta, d, m.slopes(on, held))
+        return losses, fl, jnp.isfinite(fl) & jnp.all(jnp.isfinite(g))
+
+    losses, final_loss, finite = jax.vmap(finish)(runs.y, final.saves, runs.on, runs.held,
+                                                  setup.data)
+    saved = eqx.combine(jax.vmap(jax.vmap(m.unravel))(final.saves), m.skeleton)
+    end = eqx.combine(jax.vmap(m.unravel)(runs.y), m.skeleton)
+    out = RawResult(
+        loss=losses, weights=saved.weights, biases=saved.biases, final_weights=end.weights,
+        final_loss=final_loss, t_final=runs.t, status=final_status(runs.status, finite),
+        num_steps=runs.steps, num_accepted=runs.accepted, num_rejected=runs.rejected,
+        num_crossings=runs.crossings, num_slides=runs.slides,
+        sliding=m.split_pairs(final.saved_held, setup.points), loop_steps=final.iteration)
+    if not batched:
+        out = jax.tree_util.tree_map(lambda a: a[0] if a.ndim else a, out)
+    return out

@@ -1,0 +1,90 @@
+"""One trial step of the frozen-pattern flow, and its error.
+
+Explicit FSAL Runge-Kutta methods with at most ``_UNROLL_STAGES`` stages run with their stages
+unrolled (:func:`erk_step`), taking the event values at the step's end from the last stage's
+forward pass; others go through the solver's own ``step``.
+"""
+
+from __future__ import annotations
+
+import diffrax
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+
+from . import _functions, _sliding
+
+_UNROLL_STAGES = 7
+# A step may span at most this many pending save times (each is interpolated from the step's
+# dense output); more cost interpolations, fewer cost steps cut short at save times.
+SAVE_SLOTS = 8
+
+
+def unrolled(solver) -> bool:
+    """Whether ``solver``'s steps run unrolled (explicit FSAL tableau, last stage at t1)."""
+    tab = getattr(solver, "tableau", None)
+    return (isinstance(solver, diffrax.AbstractERK) and isinstance(tab, diffrax.ButcherTableau)
+            and tab.fsal and tab.ssal and float(tab.c[-1]) == 1.0
+            and tab.num_stages <= _UNROLL_STAGES)
+
+
+def erk_step(tab, fn, t0, t1, y0, state, jump):
+    """One step of an explicit FSAL Runge-Kutta method (last stage at (t1, y1)), stages
+    unrolled. ``fn(t, y) -> (f, aux)``. Returns y1, the error estimate, the dense information in
+    Diffrax's layout (k_i = h f_i, for ``solver.interpolation_cls``), the next FSAL state and
+    the last stage's aux: whatever the field computes at (t1, y1) comes free with the step.
+
+    Diffrax's step runs its stages in an inner loop (one trace of the field, any tableau); on a
+    small net each stage is a handful of tiny operations, and the inner loop's bookkeeping and
+    the separate forward pass for the events cost more than the field itself."""
+    first, f_prev = state
+    h = t1 - t0
+    dt = y0.dtype
+    # The first stage afresh after a jump (pattern change, projection): evaluated when any run
+    # of the batch needs it, used only by those (a run's arithmetic does not depend on others).
+    again = first | jump
+    f0 = jax.lax.cond(eqxi.unvmap_any(again), lambda: jnp.where(again, fn(t0, y0)[0], f_prev),
+                      lambda: f_prev)
+    ks = [h * f0]
+    for ci, row in zip(tab.c, tab.a_lower):
+        yi = y0 + sum(jnp.asarray(a, dt) * k for a, k in zip(row, ks) if a != 0)
+        fi, aux = fn(t0 + jnp.asarray(ci, dt) * h, yi)
+        ks.append(h * fi)
+    yerr = sum(jnp.asarray(b, dt) * k for b, k in zip(tab.b_error, ks) if b != 0)
+    dense = dict(y0=y0, y1=yi, k=jnp.stack(ks))
+    return yi, yerr, dense, (jnp.zeros_like(first), fi), aux
+
+
+def error_ratio(y0, y1, yerr, rtol, atol):
+    """The RMS of the error estimate scaled by ``atol + rtol * max(|y0|, |y1|)``: <= 1 accepts.
+    With a finite derivative at 0 (a run that is done takes zero-length steps while others go
+    on, and sqrt'(0) = inf would make its gradient NaN: 0 * inf); NaN -> inf."""
+    sc = atol + rtol * jnp.maximum(jnp.abs(y0), jnp.abs(y1))
+    ms = jnp.mean((yerr / sc) ** 2)
+    return jnp.where(ms > 0, jnp.sqrt(jnp.where(ms > 0, ms, 1.0)),
+                     jnp.where(jnp.isnan(ms), jnp.inf, 0.0))
+
+
+def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int):
+    """One trial step of one run from ``(t, y)`` with step size ``h``, cut at t1 and at the
+    ``SAVE_SLOTS``-th pending save time. Returns y1, t_next, the error estimate, its ratio to
+    the tolerance (for the acceptance test see :mod:`._control`), the dense output, the next
+    FSAL state and the event values at y1 (without offsets)."""
+    model, solver, ts = setup.model, setup.solver, setup.ts
+    S = ts.shape[0]
+    t_next = jnp.minimum(t + h, setup.t1)
+    last = save_index + SAVE_SLOTS - 1
+    t_next = jnp.where(last < S, jnp.minimum(t_next, ts[jnp.minimum(last, S - 1)]), t_next)
+    # Sliding steps keep Diffrax's step: unrolling the projected field (a backward pass per held
+    # pair, per stage) measured no faster on the sliding case and compiled slower.
+    if setup.unrolled and not slots:
+        fn = lambda t_, y_: _functions.field_and_values(model, data, y_, on, held)  # noqa: E731
+        y1, yerr, dense, fsal1, E1 = erk_step(solver.tableau, fn, t, t_next, y, fsal, jump)
+    else:
+        term = diffrax.ODETerm(
+            lambda t_, y_, a: _sliding.field(model, data, y_, on, held, slots)[0])
+        y1, yerr, dense, fsal1, _ = solver.step(term, t, t_next, y, None, fsal, jump)
+        # the event values at the step's end, under the same choice of projection
+        E1 = _functions.values(model, data, y1, on, held, slots)
+    err = error_ratio(y, y1, yerr, setup.rtol, setup.atol)
+    return y1, t_next, yerr, err, dense, fsal1, E1

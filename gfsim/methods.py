@@ -1,0 +1,153 @@
+"""How a flow is integrated: methods as typed objects, validated when they are made.
+
+:func:`gfsim.simulate` takes ``method="auto"``, ``"plain"``, ``"events"`` or one of these
+objects; :func:`gfsim.gd` uses :class:`GD`. Each object is static (part of the compiled
+program's key) and carries only what changes the program.
+"""
+
+from __future__ import annotations
+
+import diffrax
+import equinox as eqx
+import numpy as np
+
+from ._registry import Registry
+
+SOLVERS: Registry = Registry("solver")
+SOLVERS.register("tsit5", diffrax.Tsit5)
+SOLVERS.register("dopri5", diffrax.Dopri5)
+SOLVERS.register("dopri8", diffrax.Dopri8)
+SOLVERS.register("kvaerno5", lambda: diffrax.Kvaerno5())
+SOLVERS.register("bosh3", diffrax.Bosh3)
+SOLVERS.register("heun", diffrax.Heun)
+
+
+def resolve_solver(solver) -> diffrax.AbstractSolver:
+    """A Diffrax solver instance from a name in :data:`SOLVERS` or an instance."""
+    if isinstance(solver, diffrax.AbstractSolver):
+        return solver
+    return SOLVERS.get(solver, "solver")()
+
+
+def _positive_int(value, field: str, *, none: bool = False) -> int | None:
+    if none and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        allowed = "None or a positive integer" if none else "a positive integer"
+        raise ValueError(f"{field}={value!r} is not allowed; allowed: {allowed}.")
+    return int(value)
+
+
+def _check_controller(controller):
+    if controller is not None and not isinstance(controller, diffrax.PIDController):
+        raise ValueError(
+            f"controller={controller!r} is not allowed; allowed: None or a "
+            "diffrax.PIDController.")
+    return controller
+
+
+class AbstractMethod(eqx.Module):
+    """A way to integrate d(theta)/dt = -grad L(theta): a solver and its budget."""
+
+    solver: diffrax.AbstractSolver = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+    controller: diffrax.PIDController | None = eqx.field(static=True)
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def label(self) -> str:
+        """How the run was made, as recorded in :attr:`gfsim.Trajectory.method`."""
+        return f"gf:{type(self.solver).__name__.lower()}"
+
+
+class Plain(AbstractMethod):
+    """Diffrax's ``diffeqsolve`` on the field as it is (discontinuous at ReLU kinks: it may
+    stall where the flow slides).
+
+    **Arguments:**
+
+    - ``solver``: a name in :data:`SOLVERS` (default ``"tsit5"``) or a Diffrax solver.
+    - ``max_steps``: the step budget per run (default 100,000).
+    - ``controller``: a :class:`diffrax.PIDController` (its tolerances are then static: a new
+      value recompiles); default None: ``PIDController(rtol, atol)`` from
+      :func:`gfsim.simulate`'s (traced) tolerances.
+    """
+
+    def __init__(self, solver="tsit5", max_steps: int = 100_000, controller=None):
+        self.solver = resolve_solver(solver)
+        self.max_steps = _positive_int(max_steps, "max_steps")
+        self.controller = _check_controller(controller)
+
+    @property
+    def name(self) -> str:
+        return "plain"
+
+
+class Events(AbstractMethod):
+    """The exact piecewise-smooth flow of a net with a kinked activation (ReLU, leaky ReLU):
+    steps with the activation pattern frozen, kink crossings and sliding modes as events
+    (:mod:`gfsim.events`, docs/nonsmooth.md).
+
+    **Arguments:**
+
+    - ``solver``: an explicit Runge-Kutta solver (default ``"tsit5"``).
+    - ``max_steps``: the step budget per run (default 100,000).
+    - ``max_sliding``: how many (unit, point) pairs may slide at once (default 16); a run that
+      needs more ends with status ``sliding_capacity``. Costs grow with it.
+    - ``lanes``: how many runs of a batch the loop advances at once (None, the default: all);
+      with fewer lanes than runs a lane whose run is done takes the next pending run.
+    - ``controller``: as for :class:`Plain` (the same controller rule under both methods).
+    """
+
+    max_sliding: int = eqx.field(static=True)
+    lanes: int | None = eqx.field(static=True)
+
+    def __init__(self, solver="tsit5", max_steps: int = 100_000, max_sliding: int = 16,
+                 lanes: int | None = None, controller=None):
+        self.solver = resolve_solver(solver)
+        self.controller = _check_controller(controller)
+        self.max_steps = _positive_int(max_steps, "max_steps")
+        self.max_sliding = _positive_int(max_sliding, "max_sliding")
+        self.lanes = _positive_int(lanes, "lanes", none=True)
+
+    def __check_init__(self):
+        if not isinstance(self.solver, diffrax.AbstractERK):
+            raise ValueError(
+                f"solver={type(self.solver).__name__} cannot be used with method='events'; "
+                "allowed: explicit Runge-Kutta solvers (tsit5, dopri5, dopri8, bosh3) or "
+                "method='plain'.")
+
+    @property
+    def name(self) -> str:
+        return "events"
+
+    def label(self) -> str:
+        return super().label() + "+events"
+
+
+METHOD_NAMES = ("auto", "events", "plain")
+
+
+def resolve_method(method, activation, *, solver="tsit5", max_steps=100_000, max_sliding=16,
+                   lanes=None) -> AbstractMethod:
+    """The method object for ``simulate(..., method=...)``: a string (``"auto"``: events for an
+    activation with a kink, plain otherwise) with the other options, or a method object as it
+    is. ``activation``: an :class:`~gfsim.activations.Activation`."""
+    if isinstance(method, AbstractMethod):
+        return method
+    if not isinstance(method, str) or method not in METHOD_NAMES:
+        raise ValueError(
+            f"method={method!r} is not allowed; allowed: {', '.join(METHOD_NAMES)}, or a "
+            "gfsim.methods.Plain / Events object.")
+    # every option is checked, whichever method it applies to
+    solver = resolve_solver(solver)
+    max_steps = _positive_int(max_steps, "max_steps")
+    max_sliding = _positive_int(max_sliding, "max_sliding")
+    lanes = _positive_int(lanes, "lanes", none=True)
+    if method == "auto":
+        method = "events" if activation.has_kink else "plain"
+    if method == "events":
+        return Events(solver, max_steps, max_sliding, lanes)
+    return Plain(solver, max_steps)

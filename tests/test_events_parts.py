@@ -1,0 +1,263 @@
+"""The event solver's parts (gfsim.events), each called directly and checked against something
+independent: a brute-force root search, a hand-solved kink, a dense least-squares projection,
+Diffrax's own solve on a flow that never reaches a kink."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gfsim
+from gfsim import Status
+from gfsim.activations import Activation, get_activation, register_activation
+from gfsim.events import _decide, _functions, _locate, _sliding
+from gfsim.events._model import FrozenPattern, flatten
+from gfsim.methods import Events, Plain
+
+# -- root finding --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("root", [0.013, 0.4567, 0.97])
+def test_illinois_finds_the_root_of_a_bracketed_function(root):
+    f = lambda tau: jnp.tanh(3.0 * (root - tau)) + 0.1 * (root - tau) ** 3  # noqa: E731
+    phi = lambda tau: (f(tau), tau)  # noqa: E731  (the carried aux: the point itself)
+    one = jnp.asarray(1.0)
+    b, at = jax.jit(lambda: _locate.illinois(phi, f(0.0), one, f(one), one))()
+    assert float(at) == float(b)  # the aux is the right end's
+    phi = f
+    assert float(phi(b)) <= 0.0  # the returned end is where phi has fired
+    assert abs(float(b) - root) < 1e-12
+
+
+def _two_unit_path():
+    """A net (1, 2, 1) and a path theta(tau) on which unit 0's pre-activation crosses zero at
+    tau = 0.7 (negative at the step's end) and unit 1's dips below zero on (0.5, 0.8) and comes
+    back (positive at the end): the first root is at 0.5, and the search for unit 0's finds
+    unit 1 negative there."""
+    net = gfsim.MLP.from_weights([np.array([[1.0], [1.0]]), np.array([[1.0, 1.0]])])
+    model = FrozenPattern(net, "square", "sum")
+    data = gfsim.Dataset(np.array([[1.0]]), np.array([[0.0]]))
+    theta0, unravel, _ = flatten(net)
+
+    def interp(tau):
+        w0 = 0.7 - tau
+        w1 = 20.0 * (tau - 0.5) * (tau - 0.8)
+        return jnp.stack([w0, w1, 1.0, 1.0]).astype(theta0.dtype)
+
+    return model, data, interp
+
+
+def test_first_root_finds_a_dip_not_seen_at_the_steps_end():
+    model, data, interp = _two_unit_path()
+    on = jnp.array([True, True])
+    held = jnp.zeros(2, bool)
+    offsets = jnp.zeros(6)
+    start = _functions.values(model, data, interp(0.0), on, held, 0)
+    end = _functions.values(model, data, interp(1.0), on, held, 0)
+    triggered = end < 0
+    assert triggered.tolist() == [True, False, False, False, False, False]
+    tau, fired, at = jax.jit(lambda: _locate.first_root(
+        model, data, interp, on, held, triggered, start, end, offsets, 0))()
+    np.testing.assert_allclose(  # the values carried by the search are those at tau
+        np.asarray(at), np.asarray(_functions.values(model, data, interp(tau), on, held, 0)))
+    # brute force: the first point of a fine grid where any event value is negative
+    grid = jnp.linspace(0.0, 1.0, 1_000_001)
+    vals = jax.jit(jax.vmap(
+        lambda g: _functions.values(model, data, interp(g), on, held, 0)))(grid)
+    brute = float(grid[int(jnp.argmax(jnp.any(vals < 0, axis=1)))])
+    assert abs(float(tau) - 0.5) < 1e-10 and brute - 1e-6 <= float(tau) <= brute
+    assert bool(fired[1])  # the dipping unit joined the fired set
+
+
+# -- cross or slide ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target,expect_slide", [(1.0, False), (-1.0, True)])
+def test_decide_a_single_unit_at_its_kink_by_hand(target, expect_slide):
+    """f(x) = v relu(w.x) at z = w.x = 0 with the sum loss: with the unit off the field is 0
+    (a = 0); with it on dw/dt = y v x, so dz/dt = y v |x|^2 (b). y v > 0: b > 0, it crosses on;
+    y v < 0: a >= 0 >= b, it slides."""
+    x = np.array([0.6, 0.8])
+    w = np.array([0.8, -0.6])  # orthogonal to x: z = 0
+    net = gfsim.MLP.from_weights([w[None, :], np.array([[0.5]])])
+    data = gfsim.Dataset(x[None, :], np.array([[target]]))
+    model = FrozenPattern(net, "square", "sum")
+    theta = flatten(net)[0]
+    on, held = jnp.array([False]), jnp.array([False])
+    new_on, new_held, slid = _decide.decide(model, data, theta, on, held, jnp.array([True]), 1)
+    assert bool(slid[0]) == expect_slide and bool(new_held[0]) == expect_slide
+    if not expect_slide:
+        assert bool(new_on[0])
+
+
+# -- the sliding projection ------------------------------------------------------------------------
+
+def test_sliding_field_is_the_least_squares_projection_and_keeps_held_pairs_on_their_kinks():
+    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+    net = gfsim.MLP((3, 4, 2), key=k1)
+    data = gfsim.Dataset(jax.random.normal(k2, (5, 3)), jax.random.normal(k3, (5, 2)))
+    model = FrozenPattern(net, "square", "sum")
+    theta = flatten(net)[0]
+    z = model.zflat(theta, data, jnp.ones((5, 4)))
+    on = z > 0
+    held = jnp.zeros_like(on).at[jnp.array([2, 7, 13])].set(True)
+    F, lam = _sliding.field(model, data, theta, on, held, 4)
+    # independent: the dense Jacobian of the held pre-activations and numpy's least squares
+    D = model.slopes(on, held)
+    J = np.asarray(jax.jacobian(lambda th: model.zflat(th, data, D))(theta))[np.asarray(held)]
+    g = np.asarray(jax.grad(model.loss)(theta, data, D))
+    m, *_ = np.linalg.lstsq(J.T, -g, rcond=None)
+    np.testing.assert_allclose(np.asarray(F), -g - J.T @ m, rtol=1e-10, atol=1e-12)
+    assert np.max(np.abs(J @ np.asarray(F))) < 1e-12  # dz_K/dt = 0
+    assert np.all(np.asarray(lam)[~np.asarray(held)] == 0)
+    # the projection puts a perturbed state back on {z_K = 0}
+    moved = theta + 1e-3 * jax.random.normal(jax.random.key(9), theta.shape)
+    back = _sliding.project(model, data, moved, on, held, 4)
+    assert np.max(np.abs(np.asarray(model.zflat(back, data, D))[np.asarray(held)])) < 1e-13
+
+
+# -- step-size control: the same as Diffrax's ------------------------------------------------------
+
+def test_events_steps_like_diffrax_where_no_kink_is_reached():
+    """All inputs and weights positive: every unit stays on, the flow is smooth, and the event
+    solver given Diffrax's PIDController must take exactly the steps of Diffrax's own
+    diffeqsolve with it (and land on the same weights)."""
+    X = np.array([[1.0, 0.5], [0.3, 1.2], [0.8, 0.9]])
+    Y = np.array([[1.0], [2.0], [1.5]])
+    net = gfsim.MLP.from_weights([np.full((3, 2), 0.3), np.full((1, 3), 0.2)])
+    data = gfsim.Dataset(X, Y)
+    kw = dict(ts=np.array([0.0, 4.0]), reduction="sum")
+    pid = diffrax.PIDController(rtol=1e-7, atol=1e-10)
+    ev = gfsim.simulate(net, data, 4.0, method=Events(controller=pid), **kw)
+    pl = gfsim.simulate(net, data, 4.0, method=Plain(controller=pid), **kw)
+    dflt = gfsim.simulate(net, data, 4.0, method="plain", rtol=1e-7, **kw)
+    assert int(dflt.num_steps) == int(pl.num_steps)  # plain's default is that PIDController
+    assert int(ev.num_crossings) == 0 and int(ev.status) == Status.REACHED_T1
+    for f in ("num_steps", "num_accepted", "num_rejected"):
+        assert int(getattr(ev, f)) == int(getattr(pl, f)), f
+    # the same steps: equal to accumulated round-off, far below the solve's own error (rtol 1e-7)
+    for a, b in zip(ev.final_weights, pl.final_weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9)
+
+
+def test_the_default_event_controller_is_a_pid_controller_usable_by_diffrax():
+    """EventController (the event solver's default rule) is a diffrax.PIDController: plain
+    Diffrax accepts it, and on a kink-free flow both methods then take the same steps."""
+    from gfsim.events._control import EventController
+
+    X = np.array([[1.0, 0.5], [0.3, 1.2]])
+    net = gfsim.MLP.from_weights([np.full((2, 2), 0.3), np.full((1, 2), 0.2)])
+    data = gfsim.Dataset(X, np.array([[1.0], [2.0]]))
+    ctrl = EventController(rtol=1e-7, atol=1e-10)
+    assert isinstance(ctrl, diffrax.PIDController)
+    kw = dict(ts=np.array([0.0, 3.0]), reduction="sum")
+    ev = gfsim.simulate(net, data, 3.0, method="events", rtol=1e-7, **kw)  # the default
+    pl = gfsim.simulate(net, data, 3.0, method=Plain(controller=ctrl), **kw)
+    assert int(ev.num_crossings) == 0
+    for f in ("num_steps", "num_accepted", "num_rejected"):
+        assert int(getattr(ev, f)) == int(getattr(pl, f)), f
+
+
+def test_a_given_controller_is_used_by_both_methods():
+    ctrl = diffrax.PIDController(rtol=1e-4, atol=1e-7)
+    net = gfsim.MLP((2, 3, 1), key=jax.random.key(0))
+    data = gfsim.Dataset(np.array([[1.0, 0.2], [0.1, 1.0]]), np.array([[1.0], [0.5]]))
+    coarse = gfsim.simulate(net, data, 2.0, method=Events(controller=ctrl), num_saves=2)
+    fine = gfsim.simulate(net, data, 2.0, method="events", rtol=1e-9, num_saves=2)
+    assert int(coarse.num_steps) < int(fine.num_steps)
+    with pytest.raises(ValueError, match="controller=.*PIDController"):
+        Events(controller="pid")
+    assert Plain(controller=ctrl).controller is ctrl
+
+
+# -- methods and activations as objects ------------------------------------------------------------
+
+def test_method_objects_equal_their_strings():
+    net = gfsim.MLP((2, 3, 1), key=jax.random.key(1), runs=2)
+    data = gfsim.Dataset(np.array([[1.0, 0.2], [0.1, 1.0]]), np.array([[1.0], [0.5]]))
+    a = gfsim.simulate(net, data, 1.0, method="events", max_sliding=4, num_saves=2)
+    b = gfsim.simulate(net, data, 1.0, method=Events(max_sliding=4), num_saves=2)
+    np.testing.assert_array_equal(np.asarray(a.num_steps), np.asarray(b.num_steps))
+    np.testing.assert_array_equal(np.asarray(a.final_loss), np.asarray(b.final_loss))
+    assert a.method == b.method == "gf:tsit5+events"
+    with pytest.raises(ValueError, match="max_sliding=0 is not allowed"):
+        Events(max_sliding=0)
+    with pytest.raises(ValueError, match="explicit Runge-Kutta"):
+        Events(solver="kvaerno5")
+
+
+def test_a_registered_kinked_activation_runs_the_event_solver_like_leaky_relu():
+    if "test_leaky02" not in gfsim.nets.ACTIVATIONS:
+        register_activation("test_leaky02",
+                            Activation(lambda z: jnp.where(z > 0, z, 0.2 * z), 0.2, 1.0))
+    ws = gfsim.MLP((2, 3, 1), key=jax.random.key(5)).weights  # crosses twice, slides once
+    data = gfsim.Dataset(np.array([[1.0, 0.2], [0.1, 1.0], [-0.5, 0.4]]),
+                         np.array([[1.0], [-0.5], [0.3]]))
+    mine = gfsim.simulate(gfsim.MLP.from_weights(ws, "test_leaky02"), data, 10.0, num_saves=2)
+    ref = gfsim.simulate(gfsim.MLP.from_weights(ws, "leaky_relu", negative_slope=0.2), data,
+                         10.0, num_saves=2)
+    assert mine.method.endswith("+events")  # 'auto' saw the kink
+    assert int(mine.num_crossings) == int(ref.num_crossings) >= 1
+    assert int(mine.num_slides) == int(ref.num_slides) >= 1
+    for a, b in zip(mine.final_weights, ref.final_weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+
+
+def test_activation_objects_know_their_kink():
+    relu, leaky, lin = (get_activation(n, 0.1) for n in ("relu", "leaky_relu", "linear"))
+    assert (relu.left, relu.right, relu.has_kink) == (0.0, 1.0, True)
+    assert (leaky.left, leaky.has_kink) == (0.1, True) and not lin.has_kink
+    z = jnp.array([-2.0, 3.0])
+    np.testing.assert_allclose(np.asarray(leaky(z)), [-0.2, 3.0])
+    np.testing.assert_allclose(np.asarray(leaky.slope(z > 0) * z), [-0.2, 3.0])
+    with pytest.raises(ValueError, match="left=1.0, right=0.5"):
+        Activation(jnp.abs, 1.0, 0.5)
+
+
+def test_kink_units_uses_the_nets_activation():
+    """A leaky-ReLU unit passes negative values on: a downstream pair's input differs from the
+    ReLU net's, and so does which pairs sit on a kink."""
+    W1 = np.array([[1.0, 0.0], [0.0, -1.0]])
+    W2 = np.array([[1.0, 1.0]])  # its z = h_1 + h_2
+    W3 = np.array([[1.0]])
+    X = np.array([[1.0, 1.0]])  # z1 = (1, -1): relu h = (1, 0), leaky(0.5) h = (1, -0.5)
+    relu = gfsim.analysis.kink_units([W1, W2, W3], X)
+    leaky = gfsim.analysis.kink_units([W1, W2, W3], X, activation="leaky_relu",
+                                      negative_slope=1.0 - 1e-12)  # h = (1, -1): z2 = 0
+    assert not bool(relu[1][0, 0]) and bool(leaky[1][0, 0])
+
+
+# -- saves -----------------------------------------------------------------------------------------
+
+def test_saves_interpolate_the_due_slots_from_the_dense_output():
+    """dy/dt = -y stepped once by Diffrax's Tsit5 over [0, 0.12]: the save slots at 0.05 and 0.1
+    are due (exp(-t) y0, to the step's accuracy), 0.15 is not; a lane whose run index is out of
+    range writes nothing."""
+    from types import SimpleNamespace
+
+    from gfsim.events import _saves
+
+    solver = diffrax.Tsit5()
+    term = diffrax.ODETerm(lambda t, y, a: -y)
+    y0 = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    t0, t1 = jnp.zeros(2), jnp.full(2, 0.12)
+
+    def step(y):
+        st = solver.init(term, 0.0, 0.12, y, None)
+        return solver.step(term, 0.0, 0.12, y, None, st, False)
+
+    y1, _, dense, _, _ = jax.vmap(step)(y0)
+    setup = SimpleNamespace(ts=jnp.array([0.0, 0.05, 0.1, 0.15, 1.0]), solver=solver)
+    lanes = SimpleNamespace(t=t0, y=y0, held=jnp.zeros((2, 3), bool),
+                            save_index=jnp.array([1, 1], jnp.int32))
+    saves0 = jnp.full((1, 5, 2), jnp.nan)
+    held0 = jnp.zeros((1, 5, 3), bool)
+    saves, _, index = _saves.record(setup, lanes, t1, t1, dense, y1, jnp.zeros(2, bool),
+                                    jnp.ones(2, bool), saves0, held0, jnp.array([0, 1]))
+    np.testing.assert_array_equal(np.asarray(index), [3, 3])
+    got = np.asarray(saves[0])
+    np.testing.assert_allclose(got[1], np.exp(-0.05) * np.array([1.0, 2.0]), rtol=1e-7)
+    np.testing.assert_allclose(got[2], np.exp(-0.1) * np.array([1.0, 2.0]), rtol=1e-7)
+    assert np.all(np.isnan(got[[0, 3, 4]]))  # not due (slot 0 is written at the start)
+    start, _ = _saves.put_start(setup, saves0, held0, jnp.array([0]), SimpleNamespace(
+        y=y0[:1], held=jnp.zeros((1, 3), bool)))
+    np.testing.assert_array_equal(np.asarray(start[0, 0]), [1.0, 2.0])
