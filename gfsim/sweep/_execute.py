@@ -36,14 +36,15 @@ def _batch_error_path(store, batch_id):
 
 
 def run_batch_task(store: str, batch_id: str, cfgs: list[dict], run_ids: list[int],
-                   save_weights: bool) -> dict:
+                   save_weights: bool, size: int | None = None) -> dict:
     """Solve one batch and commit it to ``store``; a batch already committed is not solved
     again. The unit of work of both backends (a Ray task runs exactly this)."""
     from ._runs import solve_batch
 
     if os.path.isdir(gstore.batch_path(store, batch_id)):
         return {"id": batch_id, "runs": len(run_ids), "failed": None, "skipped": True}
-    ds = solve_batch(cfgs, run_ids=run_ids, batch_id=batch_id, save_weights=save_weights)
+    ds = solve_batch(cfgs, run_ids=run_ids, batch_id=batch_id, save_weights=save_weights,
+                     size=size)
     written = gstore.write_atomic(ds, gstore.batch_path(store, batch_id))
     err = _batch_error_path(store, batch_id)
     if os.path.exists(err):
@@ -145,7 +146,7 @@ def sweep(spec: Spec, store, *, backend: str = "local", resume: bool = False,
     bar = _progress(p.runs_total, initial, progress, spec.name)
     summary = {"runs_total": p.runs_total, "runs_done": initial, "failed": 0, "batch_errors": {}}
     args = {b.id: (store, b.id, [runs[i] for i in b.runs], list(b.runs),
-                   spec.options["save_weights"]) for b in pending}
+                   spec.options["save_weights"], b.size) for b in pending}
 
     def finished(batch, result=None, error=None):
         if error is not None:

@@ -12,7 +12,9 @@ adding compiles. The plan counts both.
 Within a group, runs are ordered by init and init scale before the group is chunked, so runs of
 similar length (the plateau of a small init grows like log(1/scale)) share a batch: the
 batched solve runs in lockstep until its slowest run ends. Chunks are at most ``batch_runs``
-runs and at most ``batch_memory_mb`` of estimated memory.
+runs and at most ``batch_memory_mb`` of estimated memory; the run count is part of the
+compiled shape, so the last chunk of a group is padded (its last run repeated, the copies
+dropped) to the size of the others.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Batch:
     runs: tuple[int, ...]  # run ids, in the order they are solved
     shape: int  # index of its compiled shape
     label: str  # what the runs share (shown by --dry-run)
+    size: int  # the run count it is solved at (the last chunk of a group is padded to it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +44,12 @@ class Plan:
     runs_total: int
 
     def to_json(self) -> list[dict]:
-        return [{"id": b.id, "runs": list(b.runs), "shape": b.shape, "label": b.label}
-                for b in self.batches]
+        return [{"id": b.id, "runs": list(b.runs), "shape": b.shape, "label": b.label,
+                 "size": b.size} for b in self.batches]
 
     @classmethod
     def from_json(cls, batches: list[dict], shapes: list[str], runs_total: int) -> Plan:
-        return cls(tuple(Batch(b["id"], tuple(b["runs"]), b["shape"], b["label"])
+        return cls(tuple(Batch(b["id"], tuple(b["runs"]), b["shape"], b["label"], b["size"])
                          for b in batches), tuple(shapes), runs_total)
 
 
@@ -100,12 +103,14 @@ def plan(spec: Spec, runs: list[dict] | None = None) -> Plan:
         shape = shapes.setdefault(key[0], len(shapes))
         ids = sorted(ids, key=lambda i: _order(runs[i], i))
         size = max(1, min(limit_runs, math.floor(limit_bytes / run_bytes(runs[ids[0]]))))
-        # equal chunks rather than a full ones and a small remainder
+        # as few runs per batch as the chunk count allows, and every chunk solved at the same
+        # run count (the last one padded): one compiled program for the whole group
         chunks = math.ceil(len(ids) / size)
         size = math.ceil(len(ids) / chunks)
         for c in range(chunks):
             part = tuple(ids[c * size:(c + 1) * size])
-            batches.append(Batch(f"b{len(batches):05d}", part, shape, _describe(runs[part[0]])))
+            batches.append(Batch(f"b{len(batches):05d}", part, shape, _describe(runs[part[0]]),
+                                 size))
     labels = [""] * len(shapes)
     for key, s in shapes.items():
         labels[s] = str(key)
@@ -121,5 +126,6 @@ def format_plan(spec: Spec, p: Plan, *, devices: int = 1) -> str:
         f"{len(p.shapes)} compiled shape(s), {devices} device(s)",
     ]
     for b in p.batches:
-        lines.append(f"  {b.id}  {len(b.runs):5d} runs  shape {b.shape}  {b.label}")
+        pad = f" (+{b.size - len(b.runs)} pad)" if b.size > len(b.runs) else ""
+        lines.append(f"  {b.id}  {len(b.runs):5d} runs{pad}  shape {b.shape}  {b.label}")
     return "\n".join(lines)

@@ -116,24 +116,26 @@ def batch_inputs(cfgs: list[dict]):
     return net, gdata.stack(parts)
 
 
-def shard_runs(net: MLP, data, devices=None):
-    """Pad the run axis to a multiple of the device count (repeating the last run) and place it
-    sharded over a 1-D mesh of ``devices`` (default: all); a single device: unchanged.
-    Returns (net, data, padded run count)."""
+def shard_runs(net: MLP, data, devices=None, size: int | None = None):
+    """Pad the run axis to ``size`` runs (default: as it is) rounded up to a multiple of the
+    device count, repeating the last run, and place it sharded over a 1-D mesh of ``devices``
+    (default: all). Returns (net, data, padded run count)."""
     devices = jax.devices() if devices is None else devices
     runs = net.runs
-    if len(devices) <= 1:
-        return net, data, runs
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
     nd = len(devices)
-    padded = -(-runs // nd) * nd
+    padded = -(-max(runs, size or 0) // nd) * nd
 
     def pad(a):
         if padded == runs:
             return a
         extra = jnp.broadcast_to(a[-1:], (padded - runs,) + a.shape[1:])
         return jnp.concatenate([a, extra])
+
+    if nd == 1:
+        net = jax.tree_util.tree_map(pad, net)
+        data = jax.tree_util.tree_map(pad, data) if data.is_batched else data
+        return net, data, padded
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     mesh = Mesh(np.asarray(devices), ("run",))
     by_run = NamedSharding(mesh, PartitionSpec("run"))
@@ -147,16 +149,17 @@ def shard_runs(net: MLP, data, devices=None):
 
 
 def solve_batch(cfgs: list[dict], *, run_ids, batch_id: str = "", save_weights: bool = False,
-                devices=None):
+                size: int | None = None, devices=None):
     """Solve the runs of one batch (they share every field but those of ``in_batch`` kind, see
-    :data:`gfsim.sweep.FIELDS`) in one batched :func:`gfsim.simulate` call. Returns the
+    :data:`gfsim.sweep.FIELDS`) in one batched :func:`gfsim.simulate` call, padded to
+    ``size`` runs and sharded over ``devices`` (:func:`shard_runs`). Returns the
     xarray Dataset of the batch (flat run coordinates: every config field, ``run_id``)."""
     from ..flow import simulate
     from ..store import flat, to_xarray
 
     start = time.perf_counter()
     net, data = batch_inputs(cfgs)
-    net, data, _ = shard_runs(net, data, devices)
+    net, data, _ = shard_runs(net, data, devices, size)
     c = cfgs[0]
     traj = simulate(net, data, c["t1"], **simulate_kwargs(c))
     traj = jax.block_until_ready(traj)
