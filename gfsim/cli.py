@@ -159,7 +159,7 @@ def status_command(store):
 
 
 def _parse_where(items):
-    import tomllib
+    from .sweep._spec import tomllib
 
     out = {}
     for item in items:

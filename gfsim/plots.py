@@ -34,8 +34,9 @@ def select(ds, where: dict):
     mask = np.ones(ds.sizes["run"], bool)
     for k, v in where.items():
         if k not in ds.coords:
+            allowed = sorted(c for c in ds.coords if ds[c].dims == ("run",))
             raise ValueError(f"--where {k}=... names no run coordinate; allowed: "
-                             f"{', '.join(sorted(c for c in ds.coords if ds[c].dims == ('run',)))}.")
+                             f"{', '.join(allowed)}.")
         vals = ds[k].values
         mask &= np.isclose(vals, v) if np.issubdtype(vals.dtype, np.number) and not isinstance(
             v, str) else vals.astype(str) == str(v)

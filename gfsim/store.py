@@ -9,7 +9,8 @@ One layout for everything :func:`gfsim.load` reads:
 
 Dims: ``run``, ``time`` (save index), ``layer``, ``sv`` (singular-value index, largest first).
 Every config field is a run coordinate and a level of the ``run`` index (with ``run_id``), so
-``ds.sel(depth=4, init_scale=1e-3)`` and ``ds.sel(run_id=7)`` work; ragged shapes (layers, singular values, save counts) are padded with NaN. Variables:
+``ds.sel(depth=4, init_scale=1e-3)`` and ``ds.sel(run_id=7)`` work; ragged shapes (layers,
+singular values, save counts) are padded with NaN. Variables:
 
 - ``t (run, time)``: the save times; ``loss_curve (run, time)``: the loss at them (the
   config field ``loss`` is the loss's name);

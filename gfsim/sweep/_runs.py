@@ -93,7 +93,8 @@ def batch_inputs(cfgs: list[dict]):
         groups.setdefault((c["init"], c["init_scale"]), []).append(i)
     for (init, scale), idx in groups.items():
         keys = jax.vmap(jax.random.key)(jnp.asarray([cfgs[i]["seed"] for i in idx]))
-        ws = jax.vmap(lambda k: MLP(w0, act, key=k, init=init, scale=scale).weights)(keys)
+        ws = jax.vmap(lambda k, init=init, scale=scale:
+                      MLP(w0, act, key=k, init=init, scale=scale).weights)(keys)
         for j, i in enumerate(idx):
             layers[i] = tuple(w[j] for w in ws)
     weights = [jnp.stack([layers[i][j] for i in range(len(cfgs))]) for j in range(len(w0) - 1)]

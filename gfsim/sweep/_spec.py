@@ -34,9 +34,13 @@ import itertools
 import json
 import math
 import os
-import tomllib
 from collections.abc import Callable
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 FORMAT = "gfsim-sweep/1"
 
