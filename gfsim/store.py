@@ -21,7 +21,9 @@ singular values, save counts) are padded with NaN. Variables:
   ``status_code`` (:class:`gfsim.Status`), ``num_steps``, ``num_accepted``, ``num_rejected``,
   ``num_crossings`` and ``num_slides`` (-1: not counted by that method), ``layer_out`` and
   ``layer_in`` (each layer's shape; 0 past a run's depth);
-- in a sweep: ``batch`` and ``batch_wall_time`` (seconds for the run's whole batch);
+- in a sweep: ``batch``, ``batch_wall_time`` (seconds for the run's whole batch: inputs, solve,
+  conversion), ``batch_solve_time`` (of which the simulate call, compile included) and
+  ``lockstep_waste`` (:meth:`gfsim.Trajectory.lockstep_waste` of the batch);
 - with ``save_weights``: ``weights (run, time, layer, row, col)``, NaN-padded.
 
 The attributes record the time convention (``loss``, ``reduction``, ``time_convention``).

@@ -130,3 +130,39 @@ def test_run_one_config_and_no_overwrite(tmp_path):
                                rtol=1e-9)
     r = invoke("run", tmp_path / "c.toml", "--out", out, "--no-progress")
     assert r.exit_code == 2 and "already exists" in r.stderr
+
+
+def test_status_lists_failed_runs_and_batches(tmp_path, monkeypatch):
+    # the example's first batch again (same compiled program), with an init scale that overflows
+    text = open(EXAMPLE).read().split("[grid]")[0] + (
+        "depth = 2\nloss = \"square\"\n[grid]\nt1 = [50.0, 20.0]\ninit_scale = [0.01, 1e200]\n")
+    text = text.replace("t1 = 50.0\n", "")
+    f = tmp_path / "s.toml"
+    f.write_text(text)
+    out = tmp_path / "store"
+    import gfsim.sweep._runs as runs_module
+
+    real = runs_module.solve_batch
+
+    def boom(cfgs, *, batch_id, **kw):
+        if batch_id == "b00001":
+            raise RuntimeError("boom")
+        return real(cfgs, batch_id=batch_id, **kw)
+
+    monkeypatch.setattr(runs_module, "solve_batch", boom)
+    r = invoke("sweep", f, "--out", out, "--no-progress")
+    assert r.exit_code == 1 and "batch b00001 failed: RuntimeError: boom" in r.stderr
+    r = invoke("status", out)
+    assert r.exit_code == 0
+    assert "4 / 8 runs done (1 / 2 batches)" in r.output
+    assert "  nonfinite: 2" in r.output and "  reached_t1: 2" in r.output
+    assert "failed runs: 2" in r.output
+    assert "nonfinite (the loss or its gradient became NaN or infinite)" in r.output
+    assert "init_scale=1e+200" in r.output
+    assert "batch b00001 failed: RuntimeError: boom" in r.output
+
+    monkeypatch.setattr(runs_module, "solve_batch", real)
+    r = invoke("sweep", f, "--out", out, "--resume", "--no-progress")
+    assert r.exit_code == 0, r.output
+    r = invoke("status", out)
+    assert "8 / 8 runs done" in r.output and "batch b00001" not in r.output

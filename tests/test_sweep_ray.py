@@ -83,7 +83,7 @@ def test_ray_backend_equals_local(ray_head, tmp_path):
     assert summary["batch_errors"] == {} and summary["runs_done"] == spec.num_runs
     local = tmp_path / "local"
     sweep(spec, local, progress=False)
-    timing = ["batch_wall_time", "lockstep_waste"]
+    timing = ["batch_wall_time", "batch_solve_time", "lockstep_waste"]
     a = gfsim.store.flat(gfsim.load(via_ray)).drop_vars(timing)
     b = gfsim.store.flat(gfsim.load(local)).drop_vars(timing)
     np.testing.assert_array_equal(a["run_id"].values, np.arange(spec.num_runs))

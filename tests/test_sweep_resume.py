@@ -36,7 +36,7 @@ seeds = 2
 width = [2, 3, 4, 5, 6, 7]
 """
 
-TIMING = ("batch_wall_time", "lockstep_waste")
+TIMING = ("batch_wall_time", "batch_solve_time", "lockstep_waste")
 
 
 def env():

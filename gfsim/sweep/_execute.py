@@ -39,18 +39,30 @@ def run_batch_task(store: str, batch_id: str, cfgs: list[dict], run_ids: list[in
                    save_weights: bool, size: int | None = None) -> dict:
     """Solve one batch and commit it to ``store``; a batch already committed is not solved
     again. The unit of work of both backends (a Ray task runs exactly this)."""
+    ds = _solve(store, batch_id, cfgs, run_ids, save_weights, size)
+    return _skipped(batch_id, run_ids) if ds is None else _commit(store, batch_id, ds)
+
+
+def _solve(store, batch_id, cfgs, run_ids, save_weights, size):
     from ._runs import solve_batch
 
     if os.path.isdir(gstore.batch_path(store, batch_id)):
-        return {"id": batch_id, "runs": len(run_ids), "failed": None, "skipped": True}
-    ds = solve_batch(cfgs, run_ids=run_ids, batch_id=batch_id, save_weights=save_weights,
-                     size=size)
+        return None
+    return solve_batch(cfgs, run_ids=run_ids, batch_id=batch_id, save_weights=save_weights,
+                       size=size)
+
+
+def _skipped(batch_id, run_ids) -> dict:
+    return {"id": batch_id, "runs": len(run_ids), "failed": None, "skipped": True}
+
+
+def _commit(store, batch_id, ds) -> dict:
     written = gstore.write_atomic(ds, gstore.batch_path(store, batch_id))
     err = _batch_error_path(store, batch_id)
     if os.path.exists(err):
         os.remove(err)
     failed = int(sum(str(s) in REASONS for s in ds["status"].values))
-    return {"id": batch_id, "runs": len(run_ids), "failed": failed, "skipped": not written}
+    return {"id": batch_id, "runs": ds.sizes["run"], "failed": failed, "skipped": not written}
 
 
 def _manifest(spec: Spec, p: Plan) -> dict:
@@ -162,20 +174,48 @@ def sweep(spec: Spec, store, *, backend: str = "local", resume: bool = False,
 
     try:
         if backend == "local":
-            for b in pending:
-                try:
-                    result = run_batch_task(*args[b.id])
-                except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
-                    finished(b, error=_one_line(e))
-                    traceback.print_exc(file=sys.stderr)
-                else:
-                    finished(b, result)
+            _run_local(pending, args, finished)
         else:
             _run_ray(pending, args, finished, address)
     finally:
         bar.close()
     summary["wall_time"] = time.perf_counter() - start
     return summary
+
+
+def _run_local(pending, args, finished):
+    """Solve batch after batch in this process; each batch is written (and committed) by a
+    writer thread while the next one is solved, so store writes overlap compiled compute."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    def drain(b, fut):
+        try:
+            result = fut.result()
+        except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+            finished(b, error=_one_line(e))
+        else:
+            finished(b, result)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gfsim-store") as writer:
+        inflight = None
+        for b in pending:
+            store, batch_id, _, run_ids = args[b.id][:4]
+            try:
+                ds = _solve(*args[b.id])
+            except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                traceback.print_exc(file=sys.stderr)
+                finished(b, error=_one_line(e))
+                continue
+            if inflight is not None:
+                drain(*inflight)
+            if ds is None:
+                fut = Future()
+                fut.set_result(_skipped(batch_id, run_ids))
+            else:
+                fut = writer.submit(_commit, store, batch_id, ds)
+            inflight = (b, fut)
+        if inflight is not None:
+            drain(*inflight)
 
 
 def _one_line(e: BaseException) -> str:

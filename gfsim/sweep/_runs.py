@@ -162,8 +162,10 @@ def solve_batch(cfgs: list[dict], *, run_ids, batch_id: str = "", save_weights: 
     net, data = batch_inputs(cfgs)
     net, data, _ = shard_runs(net, data, devices, size)
     c = cfgs[0]
+    solve_start = time.perf_counter()
     traj = simulate(net, data, c["t1"], **simulate_kwargs(c))
     traj = jax.block_until_ready(traj)
+    solve = time.perf_counter() - solve_start
     if net.runs != len(cfgs):
         traj = traj[: len(cfgs)]
     traj = jax.device_get(traj)
@@ -172,5 +174,6 @@ def solve_batch(cfgs: list[dict], *, run_ids, batch_id: str = "", save_weights: 
     ds = flat(to_xarray(traj, save_weights=save_weights, run_id=list(run_ids), **coords))
     ds["batch"] = ("run", np.array([batch_id] * len(cfgs)))
     ds["batch_wall_time"] = ("run", np.full(len(cfgs), wall))
+    ds["batch_solve_time"] = ("run", np.full(len(cfgs), solve))
     ds["lockstep_waste"] = ("run", np.full(len(cfgs), traj.lockstep_waste()))
     return ds
