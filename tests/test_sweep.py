@@ -166,3 +166,23 @@ def test_status_lists_failed_runs_and_batches(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     r = invoke("status", out)
     assert "8 / 8 runs done" in r.output and "batch b00001" not in r.output
+
+
+def test_batch_inputs_equal_runs_built_alone():
+    from gfsim.sweep import parse_spec
+    from gfsim.sweep._runs import batch_inputs
+
+    spec = parse_spec({"dataset": "sphere", "n": 4, "dim": 2, "width": 3, "activation": "linear",
+                       "targets": "gaussian",
+                       "zip": {"seed": [3, 1, 2, 0], "data_seed": [0, 1, 0, 2]},
+                       "grid": {"init": ["gaussian", "orthogonal"], "init_scale": [0.5, 2.0]}})
+    cfgs = spec.runs()
+    net, data = batch_inputs(cfgs)
+    for i, c in enumerate(cfgs):
+        alone = gfsim.MLP((2, 3, 1), "linear", key=jax.random.key(c["seed"]), init=c["init"],
+                          scale=c["init_scale"])
+        d = gfsim.data.sphere(jax.random.key(c["data_seed"]), 4, 2, targets="gaussian")
+        for a, b in zip(net.weights, alone.weights):
+            np.testing.assert_array_equal(np.asarray(a[i]), np.asarray(b))
+        np.testing.assert_array_equal(np.asarray(data.X[i]), np.asarray(d.X))
+        np.testing.assert_array_equal(np.asarray(data.Y[i]), np.asarray(d.Y))

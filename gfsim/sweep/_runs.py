@@ -87,17 +87,17 @@ def batch_inputs(cfgs: list[dict]):
     values equal building each run alone."""
     w0 = widths(cfgs[0])
     act, slope = cfgs[0]["activation"], cfgs[0]["negative_slope"]
-    layers = [None] * len(cfgs)
     groups: dict = {}
     for i, c in enumerate(cfgs):
         groups.setdefault((c["init"], c["init_scale"]), []).append(i)
+    parts, order = [], []
     for (init, scale), idx in groups.items():
         keys = jax.vmap(jax.random.key)(jnp.asarray([cfgs[i]["seed"] for i in idx]))
-        ws = jax.vmap(lambda k, init=init, scale=scale:
-                      MLP(w0, act, key=k, init=init, scale=scale).weights)(keys)
-        for j, i in enumerate(idx):
-            layers[i] = tuple(w[j] for w in ws)
-    weights = [jnp.stack([layers[i][j] for i in range(len(cfgs))]) for j in range(len(w0) - 1)]
+        parts.append(jax.vmap(lambda k, init=init, scale=scale:
+                              MLP(w0, act, key=k, init=init, scale=scale).weights)(keys))
+        order += idx
+    back = np.argsort(order)  # from group order back to batch order
+    weights = [jnp.concatenate([p[j] for p in parts])[back] for j in range(len(w0) - 1)]
     net = MLP.from_weights(weights, act, negative_slope=slope)
 
     dgroups: dict = {}
@@ -105,16 +105,17 @@ def batch_inputs(cfgs: list[dict]):
         dgroups.setdefault(_data_key(c), {}).setdefault(c["data_seed"], []).append(i)
     if len(dgroups) == 1 and len(next(iter(dgroups.values()))) == 1:
         return net, build_dataset(cfgs[0])
-    parts = [None] * len(cfgs)
+    batches, source, offset = [], np.zeros(len(cfgs), np.int64), 0
     for seeds in dgroups.values():
         first = cfgs[next(iter(seeds.values()))[0]]
         fn = DATASETS[first["dataset"]][0]
         keys = jax.vmap(jax.random.key)(jnp.asarray(list(seeds)))
-        batch = jax.vmap(lambda k, first=first, fn=fn: fn(k, first))(keys)
+        batches.append(jax.vmap(lambda k, first=first, fn=fn: fn(k, first))(keys))
         for j, idx in enumerate(seeds.values()):
-            for i in idx:
-                parts[i] = batch[j]
-    return net, gdata.stack(parts)
+            source[idx] = offset + j
+        offset += len(seeds)
+    data = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[source], *batches)
+    return net, data
 
 
 def shard_runs(net: MLP, data, devices=None, size: int | None = None):
