@@ -430,14 +430,18 @@ def check_config(cfg: dict) -> None:
     from ._runs import dataset_dims
 
     dataset_dims(cfg)
+    import diffrax
+
+    from ..flow import SOLVERS
+
     method = cfg["method"]
-    if method == "auto":
+    if method == "auto":  # simulate's rule: the event-driven solver for kinked activations
         method = "events" if cfg["activation"] in ("relu", "leaky_relu") else "plain"
-    if method == "events" and cfg["solver"] in ("kvaerno5", "heun"):
+    if method == "events" and not isinstance(SOLVERS.get(cfg["solver"])(), diffrax.AbstractERK):
         raise ValueError(
             f"solver={cfg['solver']!r} cannot be used with method={cfg['method']!r} for "
-            f"activation={cfg['activation']!r}; allowed: tsit5, dopri5, dopri8, bosh3, or "
-            "method='plain'."
+            f"activation={cfg['activation']!r}; allowed: an explicit Runge-Kutta solver (tsit5, "
+            "dopri5, dopri8, bosh3, heun), or method='plain'."
         )
 
 
