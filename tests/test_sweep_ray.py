@@ -39,7 +39,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def ray_head():
     """A Ray head of our own. ``ray start --block`` keeps the head's processes under one process
-    we started; stopping that process (by its id) stops the head, and nothing else."""
+    we started, in a session of its own; stopping that process (by its id) stops the head and
+    nothing else (``ray stop`` would stop every Ray on the machine)."""
     port = free_port()
     temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     env = dict(os.environ)
@@ -67,12 +68,16 @@ def ray_head():
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        os.killpg(proc.pid, signal.SIGTERM)  # the session of the head we started, by its id
+        proc.terminate()  # ray start --block stops the processes it started, then exits
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
+            pass
+        try:  # anything of that session still alive (by its id: only what we started)
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        except ProcessLookupError:
+            pass
+        proc.wait()
         shutil.rmtree(temp, ignore_errors=True)
 
 
