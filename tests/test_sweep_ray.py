@@ -48,6 +48,10 @@ def ray_head():
     env["JAX_PLATFORMS"] = "cpu"
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    if not os.path.exists(ray_bin):
+        ray_bin = shutil.which("ray")
+        if ray_bin is None:
+            pytest.skip("ray is importable but its `ray` command is not on PATH")
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats", "--block",
