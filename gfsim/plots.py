@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from .store import flat as _flat
+
 KINDS = ("final-rank", "spectra", "loss")
 
 
@@ -19,12 +21,6 @@ def stable_ranks(sv: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.nansum(sq, -1) / top
     return np.where(np.all(np.isnan(sq), -1), np.nan, out)
-
-
-def _flat(ds):
-    from .store import flat
-
-    return flat(ds)
 
 
 def select(ds, where: dict):

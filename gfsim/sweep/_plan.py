@@ -53,11 +53,14 @@ class Plan:
                          for b in batches), tuple(shapes), runs_total)
 
 
+def _points(cfg: dict) -> int:
+    return 2 if cfg["dataset"] in ("paper_pair", "random_pairs") else cfg["n"]
+
+
 def _shape_key(cfg: dict):
     static = tuple(cfg[k] for k in FIELDS if not FIELDS[k].in_batch and k not in TRACED
                    and k not in ("dim", "d_out", "width", "depth", "n", "dataset"))
-    n = 2 if cfg["dataset"] in ("paper_pair", "random_pairs") else cfg["n"]
-    return (widths(cfg), n, cfg["stop_loss"] is None) + static
+    return (widths(cfg), _points(cfg), cfg["stop_loss"] is None) + static
 
 
 def _group_key(cfg: dict):
@@ -69,8 +72,7 @@ def run_bytes(cfg: dict) -> float:
     stages and the data with its activations (float64)."""
     w = widths(cfg)
     params = sum(a * b for a, b in zip(w[:-1], w[1:]))
-    n = 2 if cfg["dataset"] in ("paper_pair", "random_pairs") else cfg["n"]
-    acts = n * sum(w)
+    acts = _points(cfg) * sum(w)
     return 8.0 * (2 * cfg["num_saves"] * params + 16 * params + 4 * acts)
 
 
