@@ -17,14 +17,15 @@ from gfsim import store
 
 @pytest.fixture(scope="module")
 def traj():
-    net = gfsim.MLP((2, 3, 1), "linear", key=jax.random.key(0), scale=0.5, runs=2)
+    # the tiny batch the sweep tests solve too (6 runs of widths (2, 3, 1)): one compile for all
+    net = gfsim.MLP((2, 3, 1), "linear", key=jax.random.key(0), scale=0.5, runs=6)
     data = gfsim.data.sphere(jax.random.key(1), 4, 2)
-    return gfsim.simulate(net, data, 1.0, num_saves=8, reduction="sum")
+    return gfsim.simulate(net, data, 1.0, num_saves=8)
 
 
 def test_to_xarray_matches_the_trajectory(traj):
-    ds = traj.to_xarray(seed=[3, 4], depth=2, label="a")
-    assert dict(ds.sizes) == {"run": 2, "time": 8, "layer": 2, "sv": 2}
+    ds = traj.to_xarray(seed=[3, 4, 5, 6, 7, 8], depth=2, label="a")
+    assert dict(ds.sizes) == {"run": 6, "time": 8, "layer": 2, "sv": 2}
     np.testing.assert_array_equal(ds["loss_curve"].values, np.asarray(traj.loss))
     np.testing.assert_array_equal(ds["t"].values[1], np.asarray(traj.ts))
     np.testing.assert_array_equal(ds["final_loss"].values, np.asarray(traj.final_loss))
@@ -34,7 +35,7 @@ def test_to_xarray_matches_the_trajectory(traj):
         np.testing.assert_allclose(ds["singular_values"].values[:, :, j, :k], ref, rtol=1e-12)
         assert np.all(np.isnan(ds["singular_values"].values[:, :, j, k:]))
     assert list(ds["status"].values) == list(traj.status_labels())
-    assert ds.attrs["reduction"] == "sum" and ds.attrs["loss"] == "square"
+    assert ds.attrs["reduction"] == "mean" and ds.attrs["loss"] == "square"
     assert "2t/(n*d_out)" in ds.attrs["time_convention"]
     # the run coordinates index the runs
     assert ds.sel(seed=4)["final_loss"].item() == float(traj.final_loss[1])
@@ -49,9 +50,10 @@ def test_single_run_gets_a_run_axis(traj):
 
 def test_save_load_round_trip(traj, tmp_path):
     path = tmp_path / "one"
-    gfsim.save(traj, path, save_weights=True, seed=[3, 4], atol=None)
+    seeds = [3, 4, 5, 6, 7, 8]
+    gfsim.save(traj, path, save_weights=True, seed=seeds, atol=None)
     ds = gfsim.load(path)
-    ref = traj.to_xarray(save_weights=True, seed=[3, 4], atol=None)
+    ref = traj.to_xarray(save_weights=True, seed=seeds, atol=None)
     xr.testing.assert_identical(store.flat(ds), store.flat(ref))
     assert np.all(np.isnan(ds["atol"].values))
     for j, w in enumerate(traj.weights):

@@ -175,7 +175,7 @@ def test_batch_inputs_equal_runs_built_alone():
     spec = parse_spec({"dataset": "sphere", "n": 4, "dim": 2, "width": 3, "activation": "linear",
                        "targets": "gaussian",
                        "zip": {"seed": [3, 1, 2, 0], "data_seed": [0, 1, 0, 2]},
-                       "grid": {"init": ["gaussian", "orthogonal"], "init_scale": [0.5, 2.0]}})
+                       "grid": {"init": ["gaussian", "xavier"], "init_scale": [0.5, 2.0]}})
     cfgs = spec.runs()
     net, data = batch_inputs(cfgs)
     for i, c in enumerate(cfgs):

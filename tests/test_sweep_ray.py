@@ -25,9 +25,9 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# two batches (two t1 values: one compiled shape), 3 runs each
+# two batches (two t1 values: one compiled shape, the tiny batch of the other tests), 6 runs each
 RAW = {"name": "ray", "dataset": "sphere", "n": 4, "dim": 2, "depth": 2, "width": 3,
-       "activation": "linear", "num_saves": 8, "seeds": 3, "grid": {"t1": [1.0, 2.0]}}
+       "activation": "linear", "num_saves": 8, "seeds": 6, "grid": {"t1": [1.0, 2.0]}}
 
 
 def free_port() -> int:
@@ -102,7 +102,7 @@ def test_ray_backend_equals_local(ray_head, tmp_path):
     before = {f: os.stat(os.path.join(via_ray, "batches", f)).st_mtime_ns
               for f in os.listdir(via_ray / "batches")}
     runs = spec.runs()
-    res = run_batch_task(str(via_ray), "b00000", runs[:3], [0, 1, 2], False, 3)
+    res = run_batch_task(str(via_ray), "b00000", runs[:6], list(range(6)), False, 6)
     assert res["skipped"]
     after = {f: os.stat(os.path.join(via_ray, "batches", f)).st_mtime_ns
              for f in os.listdir(via_ray / "batches")}

@@ -21,19 +21,21 @@ from gfsim.sweep import load_spec, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# six batches of six shapes (width 2..7), so the sweep is still running after its first commit
+# four batches of 6 runs, one compiled program (t1 is traced; the tiny batch of the other tests);
+# batches are committed one after another by the writer thread, each write a few tenths of a
+# second, so the sweep is still running when its first commit is seen
 SPEC = """
 name = "resume"
 dataset = "sphere"
 n = 4
 dim = 2
 depth = 2
+width = 3
 activation = "linear"
-t1 = 1.0
 num_saves = 8
-seeds = 2
+seeds = 6
 [grid]
-width = [2, 3, 4, 5, 6, 7]
+t1 = [1.0, 2.0, 3.0, 4.0]
 """
 
 TIMING = ("batch_wall_time", "batch_solve_time", "lockstep_waste")
@@ -92,7 +94,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
 
 def test_resume_checks_the_spec(tmp_path):
     a = tmp_path / "a.toml"
-    a.write_text(SPEC.replace("[2, 3, 4, 5, 6, 7]", "[2, 3]"))
+    a.write_text(SPEC.replace("[1.0, 2.0, 3.0, 4.0]", "[1.0, 2.0]"))
     out = tmp_path / "store"
     r = CliRunner().invoke(main, ["sweep", str(a), "--out", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
@@ -103,7 +105,7 @@ def test_resume_checks_the_spec(tmp_path):
     assert "already exists; allowed: a new path, or --resume" in r.stderr
 
     b = tmp_path / "b.toml"
-    b.write_text(SPEC.replace("[2, 3, 4, 5, 6, 7]", "[2, 4]"))
+    b.write_text(SPEC.replace("[1.0, 2.0, 3.0, 4.0]", "[1.0, 3.0]"))
     r = CliRunner().invoke(main, ["sweep", str(b), "--out", str(out), "--resume"])
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "was written by a different spec" in r.stderr
