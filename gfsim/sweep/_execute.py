@@ -150,6 +150,7 @@ def sweep(spec: Spec, store, *, backend: str = "local", resume: bool = False,
         raise ValueError(f"backend={backend!r} is not allowed; allowed: local, ray.")
     start = time.perf_counter()
     store = os.path.abspath(os.fspath(store))
+    ray = _connect_ray(address) if backend == "ray" else None  # before any store exists
     manifest, p = open_store(spec, store, resume=resume)
     runs = spec.runs()
     done = set(gstore.committed_batches(store, manifest))
@@ -176,7 +177,7 @@ def sweep(spec: Spec, store, *, backend: str = "local", resume: bool = False,
         if backend == "local":
             _run_local(pending, args, finished)
         else:
-            _run_ray(pending, args, finished, address)
+            _run_ray(ray, pending, args, finished)
     finally:
         bar.close()
     summary["wall_time"] = time.perf_counter() - start
@@ -227,15 +228,23 @@ def _ray_batch(*args):
     return run_batch_task(*args)
 
 
-def _run_ray(pending, args, finished, address):
+def _connect_ray(address):
     try:
         import ray
     except ImportError:
         raise ValueError(
             "backend='ray' needs Ray; allowed: pip install 'gfsim[ray]', or backend='local'."
         ) from None
-    ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=False,
-             logging_level="ERROR")
+    try:
+        ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=False,
+                 logging_level="ERROR")
+    except ConnectionError:
+        raise ValueError(f"--address {address or 'auto'}: no running Ray cluster found; "
+                         "allowed: the address of a running cluster (ray start --head).") from None
+    return ray
+
+
+def _run_ray(ray, pending, args, finished):
     task = ray.remote(num_cpus=1, max_retries=3)(_ray_batch)
     refs = {task.remote(*args[b.id]): b for b in pending}
     while refs:
