@@ -242,10 +242,6 @@ class Spec:
     def num_runs(self) -> int:
         return math.prod(len(a) for a in self.axes)
 
-    @property
-    def swept(self) -> tuple[str, ...]:
-        return tuple(n for a in self.axes for n in a.names)
-
     def runs(self) -> list[dict]:
         """Every run's full config, in canonical run order (the first axis outermost, seeds
         innermost); a run's id is its position."""
