@@ -15,6 +15,8 @@ from .flow import log_times as log_times  # noqa: E402
 from .flow import objective as objective  # noqa: E402
 from .flow import simulate as simulate  # noqa: E402
 from .nets import MLP as MLP  # noqa: E402
+from .store import load as load  # noqa: E402
+from .store import save as save  # noqa: E402
 from .trajectory import Status as Status  # noqa: E402
 from .trajectory import Trajectory as Trajectory  # noqa: E402
 

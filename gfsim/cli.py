@@ -76,5 +76,129 @@ def bench(profile, only, out, repeats, skip):
                f"{len(files['plots'])} plot(s) in {out}")
 
 
+def _usage_error(command: str, e: Exception):
+    """Usage errors: one line naming the bad field and what is allowed, exit code 2."""
+    click.echo(f"gfsim {command}: error: {e}", err=True)
+    sys.exit(2)
+
+
+def _run_spec(command, spec, out, backend, address, resume, no_progress):
+    from .sweep import sweep as run_sweep
+
+    try:
+        summary = run_sweep(spec, out, backend=backend, resume=resume,
+                            progress=not no_progress, address=address)
+    except ValueError as e:
+        _usage_error(command, e)
+    errors = summary["batch_errors"]
+    click.echo(f"{summary['runs_done']} / {summary['runs_total']} runs in {out} "
+               f"({summary['failed']} failed runs, {len(errors)} failed batches, "
+               f"{summary['wall_time']:.1f} s)")
+    for bid, err in errors.items():
+        click.echo(f"batch {bid} failed: {err}", err=True)
+    if errors:
+        sys.exit(1)
+
+
+@main.command("run")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, metavar="STORE", help="Store directory to create.")
+@click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
+def run_command(config, out, no_progress):
+    """Run one configuration (a TOML file of config fields) into a new store."""
+    from .sweep import load_spec
+
+    try:
+        spec = load_spec(config, allow_axes=False)
+    except ValueError as e:
+        _usage_error("run", e)
+    _run_spec("run", spec, out, "local", None, False, no_progress)
+
+
+@main.command("sweep")
+@click.argument("spec_file", metavar="SWEEP.toml", type=click.Path(dir_okay=False))
+@click.option("--out", metavar="STORE", default=None, help="Store directory (required unless "
+              "--dry-run).")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Where batches run: this process, or Ray tasks.")
+@click.option("--address", default=None, metavar="ADDR",
+              help="Ray cluster address for --backend ray [default: auto].")
+@click.option("--resume", is_flag=True, help="Continue the sweep in an existing STORE.")
+@click.option("--dry-run", is_flag=True, help="Print the plan of batches; run nothing.")
+@click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
+def sweep_command(spec_file, out, backend, address, resume, dry_run, no_progress):
+    """Run every configuration of a sweep spec into a store, in batches committed atomically
+    (resumable with --resume)."""
+    from .sweep import dry_run as plan_text
+    from .sweep import load_spec
+
+    try:
+        spec = load_spec(spec_file)
+        if dry_run:
+            click.echo(plan_text(spec))
+            return
+        if out is None:
+            raise ValueError("--out STORE is required (or --dry-run).")
+        if address is not None and backend != "ray":
+            raise ValueError("--address is only allowed with --backend ray.")
+    except ValueError as e:
+        _usage_error("sweep", e)
+    _run_spec("sweep", spec, out, backend, address, resume, no_progress)
+
+
+@main.command("status")
+@click.argument("store", metavar="STORE", type=click.Path())
+def status_command(store):
+    """Runs done / total, counts by status, failed runs with their reason."""
+    from .sweep import format_status, status
+
+    try:
+        click.echo(format_status(status(store)))
+    except ValueError as e:
+        _usage_error("status", e)
+
+
+def _parse_where(items):
+    from .sweep._spec import tomllib
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--where {item!r} is not allowed; allowed: FIELD=VALUE.")
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value
+    return out
+
+
+@main.command("plot")
+@click.argument("store", metavar="STORE", type=click.Path())
+@click.option("--kind", type=click.Choice(["final-rank", "spectra", "loss"]),
+              default="final-rank", show_default=True, help="Which view.")
+@click.option("--x", "x", default=None, metavar="FIELD",
+              help="final-rank: the config field on the x axis.")
+@click.option("--hue", default=None, metavar="FIELD", help="Colour by this config field.")
+@click.option("--layer", type=int, default=None, help="final-rank: one layer (default: mean).")
+@click.option("--run", "run_id", type=int, default=None, help="spectra: the run id.")
+@click.option("--where", "where", multiple=True, metavar="FIELD=VALUE",
+              help="Keep only runs with this value (repeatable).")
+@click.option("--out", default=None, metavar="PNG", help="Output file [default: STORE-KIND.png].")
+def plot_command(store, kind, x, hue, layer, run_id, where, out):
+    """Draw a common view of a store as a PNG."""
+    from .plots import plot
+    from .store import load
+
+    try:
+        ds = load(store)
+        out = out or f"{str(store).rstrip('/')}-{kind}.png"
+        path = plot(ds, kind, out, x=x, hue=hue, layer=layer, run_id=run_id,
+                    where=_parse_where(where))
+    except ValueError as e:
+        _usage_error("plot", e)
+    click.echo(path)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -113,3 +113,7 @@ class Trajectory(eqx.Module):
         out = jax.tree_util.tree_map(lambda a: a[index], bare)
         return eqx.tree_at(lambda t: (t.ts, t.loop_steps), out, keep,
                            is_leaf=lambda x: x is None)
+
+    def to_xarray(self, **coords):
+        from .store import to_xarray
+        return to_xarray(self, **coords)
