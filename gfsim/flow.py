@@ -101,6 +101,7 @@ def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
         stepsize_controller=cfg.method.controller or diffrax.PIDController(rtol=rtol, atol=atol),
         event=event,
         max_steps=cfg.method.max_steps,
+        adjoint=cfg.method.adjoint,
         throw=False,
     )
     ys_ts, ys_end = sol.ys
@@ -220,6 +221,7 @@ def simulate(
     method="auto",
     max_sliding: int = 16,
     lanes: int | None = None,
+    adjoint="reverse",
 ) -> Trajectory:
     """Integrate the gradient flow d(theta)/dt = -grad L(theta) from ``net``'s weights.
 
@@ -262,6 +264,11 @@ def simulate(
       a fixed cost that more iterations repeat. It is for batches larger than what a device
       runs in parallel.
 
+    - ``adjoint``: how derivatives go through the solve: ``"reverse"`` (default; ``jax.grad``)
+      or ``"forward"`` (``jax.jvp``, ``jax.jacfwd``: cheaper for few inputs, such as an init
+      scale); under ``method="plain"`` any Diffrax adjoint object too. See
+      docs/differentiation.md.
+
     **Returns:** a :class:`gfsim.Trajectory`.
     """
     check_problem(net, data)
@@ -274,7 +281,7 @@ def simulate(
     if stop_loss is not None:
         check_scalar(stop_loss, "stop_loss", positive=False)
     method = resolve_method(method, net.activation_fn, solver=solver, max_steps=max_steps,
-                            max_sliding=max_sliding, lanes=lanes)
+                            max_sliding=max_sliding, lanes=lanes, adjoint=adjoint)
     if not isinstance(num_saves, int) or num_saves < 2:
         raise ValueError(f"num_saves={num_saves!r} must be an integer >= 2.")
     runs = net.runs or data.runs or 1

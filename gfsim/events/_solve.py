@@ -34,7 +34,8 @@ from . import _control, _decide, _functions, _locate, _refill, _saves, _sliding,
 from ._model import FrozenPattern, flatten
 from ._state import Lanes, LoopState, Refill, RunRecord, select
 
-_LOOP_KIND = "checkpointed"
+# the main loop: checkpointed for reverse mode, a plain while loop for forward mode (jvp)
+_LOOP_KIND = {"reverse": "checkpointed", "forward": "lax"}
 
 
 class Setup:
@@ -63,6 +64,11 @@ class Setup:
         self.slots = method.max_sliding  # rows for held pairs in a projection
         self.max_steps = method.max_steps
         self.has_stop = has_stop
+        self.adjoint = "forward" if isinstance(method.adjoint, diffrax.ForwardMode) else "reverse"
+        if self.adjoint == "forward" and hasattr(self.solver, "scan_kind"):
+            # the stages' loop (Diffrax's own step, on sliding steps) must support jvp too
+            self.solver = eqx.tree_at(lambda s: s.scan_kind, self.solver, "lax",
+                                      is_leaf=lambda x: x is None)
         self.lanes = self.runs if method.lanes is None else min(int(method.lanes), self.runs)
         self.refill = self.lanes < self.runs
 
@@ -346,7 +352,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, method, *, loss, redu
         state0,
         # with refill, list scheduling ends by (sum of run lengths) / L + the longest run
         max_steps=(setup.max_steps + 1) * ((-(-R // L) + 1) if setup.refill else 1),
-        kind=_LOOP_KIND,
+        kind=_LOOP_KIND[setup.adjoint],
     )
     runs = final.refill.record if setup.refill else final.lanes  # per run
 
