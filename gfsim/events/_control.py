@@ -70,7 +70,9 @@ def initial_step(setup, term, theta, data):
     t_first, state = setup.controller.init(
         term, zero, setup.t1, theta, None, data,
         lambda terms, t, y, args: terms.vf(t, y, args), setup.error_order)
-    return jnp.minimum(t_first - zero, setup.t1), state
+    # step sizes are not differentiated (Diffrax's convention): their sensitivity compounds
+    # over the steps and overflowed to inf * 0 = NaN in long reverse passes
+    return jax.lax.stop_gradient(jnp.minimum(t_first - zero, setup.t1)), state
 
 
 def adapt(setup, h, y0, y1, yerr, state):
@@ -93,4 +95,4 @@ def adapt(setup, h, y0, y1, yerr, state):
     _, _, h_rejected, _, state_rejected, _ = ask(zero, h)
     state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), state_kept,
                                    state_rejected)
-    return keep, jnp.where(keep, h_kept, h_rejected), state
+    return keep, jax.lax.stop_gradient(jnp.where(keep, h_kept, h_rejected)), state
