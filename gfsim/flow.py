@@ -51,6 +51,7 @@ class _Static:
     has_stop: bool
     net_batched: bool
     data_batched: bool
+    progress: bool = False
 
 
 _TRACES = [0]
@@ -102,6 +103,7 @@ def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
         event=event,
         max_steps=cfg.method.max_steps,
         adjoint=cfg.method.adjoint,
+        progress_meter=diffrax.TqdmProgressMeter() if cfg.progress else diffrax.NoProgressMeter(),
         throw=False,
     )
     ys_ts, ys_end = sol.ys
@@ -160,7 +162,8 @@ def _run_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
         net = net if cfg.net_batched else tile(net)
         data = data if cfg.data_batched else tile(data)
     return solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg.method, loss=cfg.loss,
-                        reduction=cfg.reduction, has_stop=cfg.has_stop, batched=batched)
+                        reduction=cfg.reduction, has_stop=cfg.has_stop, batched=batched,
+                        progress=cfg.progress)
 
 
 def check_scalar(x, field: str, *, positive: bool):
@@ -178,6 +181,12 @@ def check_scalar(x, field: str, *, positive: bool):
 def _as_array(x, dtype):
     # An explicit dtype also drops JAX's weak type, which would otherwise retrace.
     return jnp.asarray(x, dtype) if isinstance(x, jax.Array) else np.asarray(x, dtype=dtype)
+
+
+def _check_flag(value, field: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{field}={value!r} is not allowed; allowed: True or False.")
+    return bool(value)
 
 
 def check_problem(net, data) -> None:
@@ -222,6 +231,7 @@ def simulate(
     max_sliding: int = 16,
     lanes: int | None = None,
     adjoint="reverse",
+    progress: bool = False,
 ) -> Trajectory:
     """Integrate the gradient flow d(theta)/dt = -grad L(theta) from ``net``'s weights.
 
@@ -268,6 +278,9 @@ def simulate(
       or ``"forward"`` (``jax.jvp``, ``jax.jacfwd``: cheaper for few inputs, such as an init
       scale); under ``method="plain"`` any Diffrax adjoint object too. See
       docs/differentiation.md.
+    - ``progress``: show a progress bar (tqdm, on stderr) while the call runs: the fraction of
+      ``t1`` the slowest run has reached. Off by default (and then nothing of it is compiled;
+      turning it on is another compiled program).
 
     **Returns:** a :class:`gfsim.Trajectory`.
     """
@@ -316,6 +329,7 @@ def simulate(
         has_stop=stop_loss is not None,
         net_batched=net.is_batched,
         data_batched=data.is_batched,
+        progress=_check_flag(progress, "progress"),
     )
     # a stored export of this solve's traced program, when one applies (see gfsim._exported)
     res = _exported.cached_call(_run, (net, data, t1, ts, rtol, atol, stop), cfg)

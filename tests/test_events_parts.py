@@ -261,3 +261,17 @@ def test_saves_interpolate_the_due_slots_from_the_dense_output():
     start, _ = _saves.put_start(setup, saves0, held0, jnp.array([0]), SimpleNamespace(
         y=y0[:1], held=jnp.zeros((1, 3), bool)))
     np.testing.assert_array_equal(np.asarray(start[0, 0]), [1.0, 2.0])
+
+
+def test_progress_bar_changes_nothing_but_stderr(capfd):
+    net = gfsim.MLP((2, 3, 1), key=jax.random.key(1), runs=2)
+    data = gfsim.Dataset(np.array([[1.0, 0.2], [0.1, 1.0]]), np.array([[1.0], [0.5]]))
+    quiet = gfsim.simulate(net, data, 1.0, method="events", max_sliding=4, num_saves=2)
+    capfd.readouterr()
+    shown = gfsim.simulate(net, data, 1.0, method="events", max_sliding=4, num_saves=2,
+                           progress=True)
+    assert "100.00%" in capfd.readouterr().err
+    np.testing.assert_array_equal(np.asarray(shown.num_steps), np.asarray(quiet.num_steps))
+    np.testing.assert_array_equal(np.asarray(shown.final_loss), np.asarray(quiet.final_loss))
+    with pytest.raises(ValueError, match="progress='yes' is not allowed"):
+        gfsim.simulate(net, data, 1.0, progress="yes")

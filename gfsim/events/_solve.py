@@ -328,7 +328,7 @@ def _outcome(setup: Setup, new: Lanes, old: Lanes, active, ok, err, data) -> Lan
 
 
 def solve_events(net, data, t1, ts, rtol, atol, stop_loss, method, *, loss, reduction,
-                 has_stop: bool, batched: bool) -> RawResult:
+                 has_stop: bool, batched: bool, progress: bool = False) -> RawResult:
     """Event-driven solve of a batch (leading run axis on net and data when ``batched``).
     ``method``: a :class:`gfsim.methods.Events`; ``has_stop``: whether ``stop_loss`` applies."""
     setup = Setup(net, data, t1, ts, rtol, atol, stop_loss, method, loss, reduction, has_stop,
@@ -344,16 +344,32 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, method, *, loss, redu
         refill = Refill(data=_refill.take(setup.data, jnp.arange(L)), run_of_lane=rid0,
                         next_run=jnp.asarray(L, jnp.int32),
                         record=RunRecord.empty(lanes0, R))
+    meter = diffrax.TqdmProgressMeter() if progress else None
     state0 = LoopState(lanes=lanes0, saves=saves0, saved_held=saved_held0,
-                       iteration=jnp.zeros((), jnp.int32), refill=refill)
+                       iteration=jnp.zeros((), jnp.int32), refill=refill,
+                       progress=None if meter is None else meter.init())
+
+    def body(st):
+        st = _iterate(setup, st)
+        if meter is None:
+            return st
+        # the slowest lane's share of t1 (runs not yet loaded into a lane count as 0)
+        lanes = st.lanes
+        frac = jnp.min(jnp.where(lanes.done, 1.0, lanes.t / setup.t1))
+        if setup.refill:
+            frac = jnp.where(st.refill.next_run < R, 0.0, frac)
+        return st.replace(progress=meter.step(st.progress, frac))
+
     final = eqxi.while_loop(
         lambda st: ~jnp.all(st.lanes.done),
-        lambda st: _iterate(setup, st),
+        body,
         state0,
         # with refill, list scheduling ends by (sum of run lengths) / L + the longest run
         max_steps=(setup.max_steps + 1) * ((-(-R // L) + 1) if setup.refill else 1),
         kind=_LOOP_KIND[setup.adjoint],
     )
+    if meter is not None:
+        meter.close(final.progress)
     runs = final.refill.record if setup.refill else final.lanes  # per run
 
     def finish(theta, ys, on, held, d):
