@@ -275,3 +275,26 @@ def test_progress_bar_changes_nothing_but_stderr(capfd):
     np.testing.assert_array_equal(np.asarray(shown.final_loss), np.asarray(quiet.final_loss))
     with pytest.raises(ValueError, match="progress='yes' is not allowed"):
         gfsim.simulate(net, data, 1.0, progress="yes")
+
+
+# -- the loop state and lane refill ----------------------------------------------------------------
+
+def test_run_record_keeps_done_runs_and_drops_idle_lanes():
+    """RunRecord.put writes each lane's run to its row and drops lanes whose run index is out of
+    range (idle); select picks per lane."""
+    from gfsim.events._state import RECORD_FIELDS, RunRecord, select
+
+    L, R, p, P = 3, 4, 2, 5
+    lanes = type("L", (), {})()
+    for k in RECORD_FIELDS:
+        shape = {"y": (L, p), "on": (L, P), "held": (L, P)}.get(k, (L,))
+        dtype = bool if k in ("on", "held") else (jnp.int32 if k not in ("t", "y") else float)
+        setattr(lanes, k, (jnp.arange(np.prod(shape)).reshape(shape) + 1).astype(dtype))
+    empty = RunRecord(**{k: jnp.zeros((R,) + getattr(lanes, k).shape[1:],
+                                      getattr(lanes, k).dtype) for k in RECORD_FIELDS})
+    rec = empty.put(jnp.array([2, R, 0]), lanes)  # lane 1 idle
+    np.testing.assert_array_equal(np.asarray(rec.t), [3.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(rec.y[2]), np.asarray(lanes.y[0]))
+    both = select(jnp.array([True, False, True]), (lanes.t, lanes.y), (-lanes.t, -lanes.y))
+    np.testing.assert_array_equal(np.asarray(both[0]), [1.0, -2.0, 3.0])
+    np.testing.assert_array_equal(np.asarray(both[1][1]), -np.asarray(lanes.y[1]))
