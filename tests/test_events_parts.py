@@ -298,3 +298,28 @@ def test_run_record_keeps_done_runs_and_drops_idle_lanes():
     both = select(jnp.array([True, False, True]), (lanes.t, lanes.y), (-lanes.t, -lanes.y))
     np.testing.assert_array_equal(np.asarray(both[0]), [1.0, -2.0, 3.0])
     np.testing.assert_array_equal(np.asarray(both[1][1]), -np.asarray(lanes.y[1]))
+
+
+# -- stop rules ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["plain", "events"])
+def test_stop_grad_ends_at_a_stationary_point(method):
+    """A depth-2 net with every unit on (positive data and weights) flows to a stationary
+    point; stop_grad ends it there, with its own status, earlier than t1, with the gradient norm
+    below the tolerance (and a larger one stops sooner)."""
+    X = np.array([[1.0, 0.5], [0.3, 1.2], [0.8, 0.9]])
+    Y = np.array([[1.0], [2.0], [1.5]])
+    activation = "relu" if method == "events" else "linear"
+    net = gfsim.MLP.from_weights([np.full((3, 2), 0.3), np.full((1, 3), 0.2)], activation)
+    data = gfsim.Dataset(X, Y)
+    kw = dict(reduction="sum", rtol=1e-9, num_saves=2, method=method)
+    tight = gfsim.simulate(net, data, 1e4, stop_grad=1e-6, **kw)
+    loose = gfsim.simulate(net, data, 1e4, stop_grad=1e-3, **kw)
+    for tr, tol in ((tight, 1e-6), (loose, 1e-3)):
+        assert tr.status_labels().item() == "stop_grad" and float(tr.t_final) < 1e4
+        end = gfsim.MLP.from_weights(tr.final_weights, activation)
+        g = jax.grad(lambda n: gfsim.objective(n, data, reduction="sum"))(end)
+        assert float(jnp.sqrt(sum(jnp.sum(w ** 2) for w in g.weights))) < tol
+    assert float(loose.t_final) < float(tight.t_final)
+    both = gfsim.simulate(net, data, 1e4, stop_grad=1e-6, stop_loss=1e3, **kw)
+    assert both.status_labels().item() == "stop_loss"  # the loss rule fired first (at t = 0+)
