@@ -59,7 +59,12 @@ def stop_time(net: MLP, data: Dataset, tol, t1, *, loss: str = "square",
 
     **Returns:** t*, one per run.
 
-    **Cost:** 2 + ``_NEWTON_ITERS`` solves (5), all of one compiled shape."""
+    **Cost:** 2 + ``_NEWTON_ITERS`` (5) solves: the stop run and six of one other compiled
+    program.
+
+    **Limits:** the rate ``-||grad L||^2`` is that of the plain field: for a ReLU net whose
+    flow slides at t* (pairs held on their kinks) it is not the sliding field's, and t* and its
+    derivative are then off; a run already below ``tol`` at t = 0 gives 0."""
     from .flow import check_problem, check_scalar
 
     check_problem(net, data)
@@ -68,7 +73,7 @@ def stop_time(net: MLP, data: Dataset, tol, t1, *, loss: str = "square",
                          "keeps final weights only).")
     check_scalar(tol, "tol", positive=True)
     check_scalar(t1, "t1", positive=True)
-    for bad in ("ts", "stop_loss", "num_saves"):
+    for bad in ("ts", "stop_loss", "stop_grad", "num_saves"):
         if bad in simulate_options:
             raise ValueError(f"{bad} is set by stop_time; leave it out.")
     kw = dict(loss=loss, reduction=reduction, **simulate_options)
@@ -84,16 +89,20 @@ def _stop_time_one(net, data, tol, t1, kw):
 
     sg = jax.lax.stop_gradient
     net0, data0, tol0 = sg(net), sg(data), sg(tol)
+    from .flow import objective
+
     first = simulate(net0, data0, t1, stop_loss=tol0, num_saves=2, **kw)
     reached = first.status == Status.STOP_LOSS
-    t = jnp.where(reached, first.t_final, t1)
+    already = objective(net0, data0, kw["loss"], kw["reduction"]) <= tol0  # t* = 0
+    t_floor = 1e-12 * t1  # Newton never leaves the interval (0, t1]
+    t = jnp.where(reached & ~already, first.t_final, t1)
     for _ in range(_NEWTON_ITERS):
         end = simulate(net0, data0, t, num_saves=2, **kw)
         value, g2 = _loss_and_grad2(MLP.from_weights(end.final_weights, net.activation,
                                                      negative_slope=net.negative_slope),
                                     data0, kw["loss"], kw["reduction"])
         step = jnp.where(g2 > 0, (value - tol0) / jnp.where(g2 > 0, g2, 1.0), 0.0)
-        t = jnp.clip(t + jnp.where(reached, step, 0.0), 0.0, t1)
+        t = jnp.clip(t + jnp.where(reached & ~already, step, 0.0), t_floor, t1)
     t_star = sg(t)
     # theta(t*) as a function of the inputs, at the fixed time t*
     end = simulate(net, data, t_star, num_saves=2, **kw)
@@ -103,4 +112,4 @@ def _stop_time_one(net, data, tol, t1, kw):
     # t* + (L - tol) / |g|^2: its value is t* (L = tol there), its derivative the implicit rule
     residual = value - tol
     correction = (residual - sg(residual)) / sg(jnp.where(g2 > 0, g2, 1.0))
-    return jnp.where(reached, t_star + correction, jnp.inf)
+    return jnp.where(already, 0.0, jnp.where(reached, t_star + correction, jnp.inf))

@@ -107,7 +107,8 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         # Two save streams: the requested times, and the state where the solve ended (t1, the
         # stop_loss event, or the last step before the budget ran out).
         saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
-        stepsize_controller=cfg.method.controller or diffrax.PIDController(rtol=rtol, atol=atol),
+        stepsize_controller=(cfg.method.controller if cfg.method.controller is not None
+                             else diffrax.PIDController(rtol=rtol, atol=atol)),
         event=event,
         max_steps=cfg.method.max_steps,
         adjoint=cfg.method.adjoint,
@@ -276,8 +277,9 @@ def simulate(
       flow through kinks and sliding modes, :mod:`gfsim.events`; explicit solvers only) or
       ``"plain"`` (Diffrax's ``diffeqsolve`` on the discontinuous field: it may stall where the
       flow slides); or a method object, :class:`gfsim.methods.Events` or
-      :class:`gfsim.methods.Plain`, which carries its own solver and budget (the ``solver``,
-      ``max_steps``, ``max_sliding`` and ``lanes`` arguments then do not apply).
+      :class:`gfsim.methods.Plain`, which carries its own solver, budget and adjoint (giving
+      ``solver``, ``max_steps``, ``max_sliding``, ``lanes`` or ``adjoint`` here too is an
+      error).
     - ``max_sliding``: how many (unit, point) pairs may slide at once under ``"events"``; a run
       that needs more ends with status ``sliding_capacity``. Costs grow with it.
     - ``lanes``: under ``"events"``, how many runs of a batch the loop advances at once (None,

@@ -168,6 +168,16 @@ def resolve_method(method, activation, *, solver="tsit5", max_steps=100_000, max
     activation with a kink, plain otherwise) with the other options, or a method object as it
     is. ``activation``: an :class:`~gfsim.activations.Activation`."""
     if isinstance(method, AbstractMethod):
+        given = dict(solver=solver, max_steps=max_steps, max_sliding=max_sliding, lanes=lanes,
+                     adjoint=adjoint)
+        default = dict(solver="tsit5", max_steps=100_000, max_sliding=16, lanes=None,
+                       adjoint="reverse")
+        clash = [k for k in given if given[k] is not default[k] and given[k] != default[k]]
+        if clash:
+            raise ValueError(
+                f"{clash[0]}={given[clash[0]]!r} with method={type(method).__name__}(...): the "
+                f"method object carries its own {clash[0]}; allowed: pass it to the object, "
+                f"e.g. {type(method).__name__}({clash[0]}=...).")
         return method
     if not isinstance(method, str) or method not in METHOD_NAMES:
         raise ValueError(

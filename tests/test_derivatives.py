@@ -118,8 +118,13 @@ def test_stop_time_and_its_derivative_against_finite_differences():
     assert abs(float(both[0]) - t) < 1e-9 * t and float(both[1]) != float(both[0])
     short = gfsim.stop_time(base, data, tol, 0.5 * t, reduction="sum", rtol=RTOL)
     assert np.isinf(float(short))
+    # already below tol at the start: 0
+    high = 2.0 * float(gfsim.objective(base, data, reduction="sum"))
+    assert float(gfsim.stop_time(base, data, high, 5.0, reduction="sum", rtol=RTOL)) == 0.0
     with pytest.raises(ValueError, match="tol="):
         gfsim.stop_time(base, data, -1.0, 5.0)
+    with pytest.raises(ValueError, match="stop_grad is set by stop_time"):
+        gfsim.stop_time(base, data, tol, 5.0, stop_grad=1e-3)
 
 
 @pytest.mark.parametrize("widths,batched", [((3, 4, 1), True), ((3, 4, 4, 1), False)])

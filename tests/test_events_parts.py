@@ -166,7 +166,11 @@ def test_a_given_controller_is_used_by_both_methods():
     assert int(coarse.num_steps) < int(fine.num_steps)
     with pytest.raises(ValueError, match="controller=.*PIDController"):
         Events(controller="pid")
-    assert Plain(controller=ctrl).controller is ctrl
+    plain_coarse = gfsim.simulate(net, data, 2.0, method=Plain(controller=ctrl), num_saves=2)
+    plain_fine = gfsim.simulate(net, data, 2.0, method="plain", rtol=1e-9, num_saves=2)
+    assert int(plain_coarse.num_steps) < int(plain_fine.num_steps)
+    with pytest.raises(ValueError, match="max_sliding=4 with method=Events"):
+        gfsim.simulate(net, data, 2.0, method=Events(), max_sliding=4)
 
 
 # -- methods and activations as objects ------------------------------------------------------------
@@ -200,6 +204,14 @@ def test_a_registered_kinked_activation_runs_the_event_solver_like_leaky_relu():
     assert int(mine.num_slides) == int(ref.num_slides) >= 1
     for a, b in zip(mine.final_weights, ref.final_weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+
+
+def test_leaky_relu_with_slope_one_or_more_is_smooth_typed():
+    """Slope 1 is linear and above 1 the kink is concave: no event solver, but a working net."""
+    for slope in (1.0, 2.0):
+        net = gfsim.MLP((2, 3, 1), "leaky_relu", key=jax.random.key(0), negative_slope=slope)
+        assert not net.activation_fn.has_kink
+        np.testing.assert_allclose(np.asarray(net.act(jnp.array([-1.0, 2.0]))), [-slope, 2.0])
 
 
 def test_activation_objects_know_their_kink():
@@ -249,10 +261,12 @@ def test_saves_interpolate_the_due_slots_from_the_dense_output():
     setup = SimpleNamespace(ts=jnp.array([0.0, 0.05, 0.1, 0.15, 1.0]), solver=solver)
     lanes = SimpleNamespace(t=t0, y=y0, held=jnp.zeros((2, 3), bool),
                             save_index=jnp.array([1, 1], jnp.int32))
-    saves0 = jnp.full((1, 5, 2), jnp.nan)
-    held0 = jnp.zeros((1, 5, 3), bool)
+    saves0 = jnp.full((2, 5, 2), jnp.nan)
+    held0 = jnp.zeros((2, 5, 3), bool)
+    # lane 1 is idle: its run index, 2, is out of range
     saves, _, index = _saves.record(setup, lanes, t1, t1, dense, y1, jnp.zeros(2, bool),
-                                    jnp.ones(2, bool), saves0, held0, jnp.array([0, 1]))
+                                    jnp.ones(2, bool), saves0, held0, jnp.array([0, 2]))
+    assert np.all(np.isnan(np.asarray(saves[1])))
     np.testing.assert_array_equal(np.asarray(index), [3, 3])
     got = np.asarray(saves[0])
     np.testing.assert_allclose(got[1], np.exp(-0.05) * np.array([1.0, 2.0]), rtol=1e-7)
