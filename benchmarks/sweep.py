@@ -1,7 +1,8 @@
 """Sweep overhead: the share of a sweep's wall time spent outside compiled compute (planning,
 building the batch inputs, converting results, store writes, progress).
 
-    python benchmarks/sweep.py [--seeds 84] [--batch-runs 64] [--out benchmarks/results/sweep.json]
+    python benchmarks/sweep.py [--seeds 84] [--batch-runs 64] [--backend local|ray]
+        [--address ADDR] [--out benchmarks/results/sweep.json]
 
 The workload is the paper's depth experiment in miniature: ReLU nets of depth 2, 3 and 4 (three
 compiled shapes) on teacher-student data, two init scales, ``--seeds`` seeds each (504 runs by
@@ -43,6 +44,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=84)
     p.add_argument("--batch-runs", type=int, default=64)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--backend", default="local", choices=("local", "ray"))
+    p.add_argument("--address", default=None, help="Ray cluster address (backend ray)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "sweep.json"))
     args = p.parse_args(argv)
@@ -55,7 +58,8 @@ def main(argv=None):
     try:
         store = os.path.join(tmp, "store")
         t0 = time.perf_counter()
-        summary = sweep(spec, store, progress=not args.no_progress)
+        summary = sweep(spec, store, progress=not args.no_progress, backend=args.backend,
+                        **({} if args.address is None else {"address": args.address}))
         sweep_time = time.perf_counter() - t0
         t0 = time.perf_counter()
         ds = gfsim.store.flat(gfsim.load(store))
@@ -68,6 +72,7 @@ def main(argv=None):
     total = plan_time + sweep_time
     res = {
         "command": " ".join(["python", "benchmarks/sweep.py", *sys.argv[1:]]),
+        "backend": args.backend,
         "runs": spec.num_runs,
         "shapes": len(pl.shapes),
         "batches": len(pl.batches),
