@@ -110,6 +110,12 @@ def to_xarray(traj, *, save_weights: bool = False, **coords):
     **Returns:** an ``xarray.Dataset`` whose ``run`` dim is indexed by ``run_id`` and the
     coordinates (a MultiIndex: ``ds.sel(depth=4)``, ``ds.sel(run_id=3)``).
     """
+    from .trajectory import Trajectory
+
+    if not isinstance(traj, Trajectory):
+        raise ValueError(
+            f"traj={type(traj).__name__} is not allowed; allowed: a gfsim.Trajectory (what "
+            "gfsim.simulate or gfsim.gd returns).")
     import xarray as xr
 
     batched = traj.is_batched
