@@ -155,7 +155,7 @@ def run_index(index, runs: int, what: str):
             raise IndexError(
                 f"a boolean mask of shape {arr.shape} cannot select runs of {what} of {runs} "
                 f"runs; allowed: {allowed}.")
-        return index
+        return arr if isinstance(index, list) else index
     if arr.dtype.kind not in "iu" or arr.ndim > 1:
         raise IndexError(f"index {_show(index)} cannot select runs of {what}; allowed: {allowed}.")
     out = arr[(arr < -runs) | (arr >= runs)]
@@ -163,4 +163,5 @@ def run_index(index, runs: int, what: str):
         raise IndexError(
             f"index {int(out[0])} is out of range for {what} of {runs} runs; allowed: "
             f"{allowed}.")
-    return index
+    # a list of integers works as an integer array (JAX itself refuses list indices)
+    return arr if isinstance(index, (list, range)) else index

@@ -128,7 +128,10 @@ def gd(
             raise ValueError(f"num_saves={num_saves!r} is not allowed; allowed: an integer >= 2.")
         save_steps = log_steps(int(steps), num_saves)
     raw = save_steps
-    save_steps = np.asarray(save_steps) if not isinstance(raw, (str, bytes)) else np.asarray([])
+    try:
+        save_steps = np.asarray([] if isinstance(raw, (str, bytes)) else raw)
+    except (ValueError, TypeError):  # ragged lists
+        save_steps = np.asarray([])
     if (save_steps.dtype.kind not in "iu" or save_steps.ndim != 1 or save_steps.size < 1
             or save_steps[0] != 0 or np.any(np.diff(save_steps) <= 0)):
         raise ValueError(

@@ -17,7 +17,6 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _check
-from ._config import default_dtype
 from ._registry import Registry
 
 # Activations live in gfsim.activations (re-exported here: nets.ACTIVATIONS, register_activation).
