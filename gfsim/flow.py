@@ -79,9 +79,15 @@ def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
         return loss_of(unravel(theta), data)
 
     grad_fn = jax.grad(flat_loss)
+    # A run whose loss or gradient is already non-finite at t = 0 (an init so large that the
+    # loss overflows) would spend its whole step budget there, rejecting every step, and hold
+    # a vmapped batch up: its field is zero instead, so it crosses to t1 in a few steps, and
+    # ends as nonfinite at t_final = 0 below.
+    start_ok = jnp.isfinite(flat_loss(theta0, data)) & jnp.all(
+        jnp.isfinite(grad_fn(theta0, data)))
 
     def field(t, theta, data):
-        return -grad_fn(theta, data)
+        return jnp.where(start_ok, -grad_fn(theta, data), 0.0)
 
     event = None
     if cfg.has_stop:
@@ -104,7 +110,7 @@ def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
         throw=False,
     )
     ys_ts, ys_end = sol.ys
-    t_final = sol.ts[1][0]
+    t_final = jnp.where(start_ok, sol.ts[1][0], 0.0)
     # A slot at t0 is the initial state even when the solve stops before its first step;
     # unreached slots come back as inf: make them NaN.
     ys_ts = jnp.where((ts == 0)[:, None], theta0[None], ys_ts)
