@@ -77,9 +77,36 @@ def _manifest(spec: Spec, p: Plan) -> dict:
     }
 
 
-def open_store(spec: Spec, store, *, resume: bool) -> tuple[dict, Plan]:
+LOCK = ".lock"
+
+
+def lock_store(store: str):
+    """Hold the store's write lock (``fcntl.flock`` on ``STORE/.lock``, released when the
+    process ends, however it ends) or raise ValueError if another sweep holds it. Returns the
+    open lock file; closing it releases the lock."""
+    import fcntl
+
+    f = open(os.path.join(store, LOCK), "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise ValueError(
+            f"--out {store!r} is being written by another gfsim sweep (pid {holder}); allowed: "
+            "wait for it to finish (then --resume), or a new --out.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def open_store(spec: Spec, store, *, resume: bool) -> tuple[dict, Plan, object]:
     """Create the store (atomically: the skeleton is renamed into place) or, with ``resume``,
-    check an existing one against ``spec``. Returns its manifest and plan."""
+    check an existing one against ``spec``, and take its write lock (:func:`lock_store`).
+    Returns its manifest, plan and the held lock."""
     store = os.fspath(store)
     exists = os.path.exists(store) and not (os.path.isdir(store) and not os.listdir(store))
     if exists:
@@ -98,22 +125,36 @@ def open_store(spec: Spec, store, *, resume: bool) -> tuple[dict, Plan]:
                 f"{manifest.get('spec_hash', '?')[:12]}, this spec {spec.digest()[:12]}); "
                 "allowed: the same spec, or a new --out."
             )
+        # before removing what a killed writer left: a live writer's .tmp-* are not garbage
+        lock = lock_store(store)
         for tmp in glob.glob(os.path.join(store, gstore.BATCHES, ".tmp-*")):
             shutil.rmtree(tmp, ignore_errors=True)
         p = Plan.from_json(manifest["batches"], manifest["shapes"], manifest["runs_total"])
-        return manifest, p
+        return manifest, p, lock
     p = plan(spec)
     manifest = _manifest(spec, p)
     parent, base = os.path.split(os.path.abspath(store))
-    os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".tmp-{base}-{uuid.uuid4().hex}")
-    os.makedirs(os.path.join(tmp, gstore.BATCHES))
-    os.makedirs(os.path.join(tmp, gstore.ERRORS))
-    gstore.write_json_atomic(manifest, os.path.join(tmp, gstore.MANIFEST))
-    if os.path.isdir(store):
-        os.rmdir(store)
-    os.replace(tmp, store)
-    return manifest, p
+    try:
+        os.makedirs(parent, exist_ok=True)
+        os.makedirs(os.path.join(tmp, gstore.BATCHES))
+        os.makedirs(os.path.join(tmp, gstore.ERRORS))
+        gstore.write_json_atomic(manifest, os.path.join(tmp, gstore.MANIFEST))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(
+            f"--out {store!r} cannot be created ({e.strerror or e}); allowed: a path in a "
+            "writable directory with free space.") from None
+    try:
+        if os.path.isdir(store):
+            os.rmdir(store)
+        os.replace(tmp, store)
+    except OSError:  # another sweep created it in the meantime
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(
+            f"--out {store!r} was just created by another gfsim sweep; allowed: a new path, "
+            "or --resume once it is done.") from None
+    return manifest, p, lock_store(store)
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
@@ -151,7 +192,14 @@ def sweep(spec: Spec, store, *, backend: str = "local", resume: bool = False,
     start = time.perf_counter()
     store = os.path.abspath(os.fspath(store))
     ray = _connect_ray(address) if backend == "ray" else None  # before any store exists
-    manifest, p = open_store(spec, store, resume=resume)
+    manifest, p, lock = open_store(spec, store, resume=resume)
+    try:
+        return _sweep_locked(spec, store, manifest, p, backend, ray, progress, start)
+    finally:
+        lock.close()
+
+
+def _sweep_locked(spec, store, manifest, p, backend, ray, progress, start) -> dict:
     runs = spec.runs()
     done = set(gstore.committed_batches(store, manifest))
     pending = [b for b in p.batches if b.id not in done]
