@@ -13,7 +13,9 @@ import glob
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -185,7 +187,9 @@ def sweep(spec: Spec, store, *, backend: str = "local", resume: bool = False,
     - ``address``: the Ray cluster's address (default: ``"auto"``, the local cluster).
 
     **Returns:** a summary dict: ``runs_total``, ``runs_done``, ``failed`` (runs whose status
-    is a failure), ``batch_errors`` (batch id -> message), ``wall_time``.
+    is a failure), ``batch_errors`` (batch id -> message), ``interrupted`` (the signal number
+    of a SIGINT/SIGTERM that stopped a local sweep at a batch boundary, else None: resume it),
+    ``wall_time``.
     """
     if backend not in ("local", "ray"):
         raise ValueError(f"backend={backend!r} is not allowed; allowed: local, ray.")
@@ -221,18 +225,41 @@ def _sweep_locked(spec, store, manifest, p, backend, ray, progress, start) -> di
         bar.set_postfix(failed=summary["failed"], batch_errors=len(summary["batch_errors"]),
                         refresh=False)
 
+    stop: dict = {"signal": None}
+    restore = _stop_on_signals(stop) if backend == "local" else {}
     try:
         if backend == "local":
-            _run_local(pending, args, finished)
+            _run_local(pending, args, finished, stop)
         else:
             _run_ray(ray, pending, args, finished)
     finally:
         bar.close()
+        for sig, handler in restore.items():
+            signal.signal(sig, handler)
+    summary["interrupted"] = stop["signal"]
     summary["wall_time"] = time.perf_counter() - start
     return summary
 
 
-def _run_local(pending, args, finished):
+def _stop_on_signals(stop: dict) -> dict:
+    """SIGINT and SIGTERM end the sweep at the next batch boundary: the batch being solved is
+    finished and committed, no new one starts (``stop["signal"]`` records which signal). A
+    second signal interrupts at once (KeyboardInterrupt); committed batches stay whole either
+    way. Only in the main thread (Python delivers signals there). Returns the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def on_signal(signum, frame):
+        if stop["signal"] is not None:
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        print(f"gfsim sweep: {signal.Signals(signum).name}: stopping after the current batch "
+              "(again to stop now)", file=sys.stderr, flush=True)
+
+    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _run_local(pending, args, finished, stop=None):
     """Solve batch after batch in this process; each batch is written (and committed) by a
     writer thread while the next one is solved, so store writes overlap compiled compute."""
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -248,6 +275,8 @@ def _run_local(pending, args, finished):
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gfsim-store") as writer:
         inflight = None
         for b in pending:
+            if stop is not None and stop["signal"] is not None:
+                break
             store, batch_id, _, run_ids = args[b.id][:4]
             try:
                 ds = _solve(*args[b.id])
