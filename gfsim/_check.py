@@ -88,10 +88,14 @@ def real_array(x, field: str, *, ndims: tuple[int, ...] | None = None, dtype=Non
 
 
 def finite(x, field: str, what: str = "") -> None:
-    """Refuse NaN or inf in a concrete array (traced arrays pass)."""
-    if is_traced(x) or bool(jnp.all(jnp.isfinite(x))):
+    """Refuse NaN or inf in a concrete array (traced arrays pass). In NumPy: inside a jit
+    trace even a jnp op on a concrete array is staged, and bool() of it would fail."""
+    if is_traced(x):
         return
-    bad = np.argwhere(~np.isfinite(np.asarray(x)))
+    values = np.asarray(x)
+    if np.isfinite(values).all():
+        return
+    bad = np.argwhere(~np.isfinite(values))
     raise ValueError(
         f"{field} contains non-finite values (NaN or inf) at {len(bad)} entries (first at "
         f"index {tuple(int(i) for i in bad[0])}){what}; all must be finite.")

@@ -330,3 +330,18 @@ def test_save_refuses_what_is_not_a_trajectory(bad, tmp_path_factory):
     path = tmp_path_factory.mktemp("save") / "x.zarr"
     raises_naming("traj", lambda: gfsim.save(bad, path))
     assert not path.exists()
+
+
+def test_checks_of_concrete_values_work_inside_a_jit_trace():
+    # inside a trace, jnp ops on concrete arrays are staged: a check must use NumPy (this broke
+    # gfsim.bench's memory measurement, which jits a function that calls simulate with ts)
+    from gfsim import _check
+
+    @jax.jit
+    def f(x):
+        _check.finite(np.array([0.0, 1.0]), "ts")
+        with pytest.raises(ValueError, match="ts contains non-finite"):
+            _check.finite(np.array([0.0, np.nan]), "ts")
+        return x
+
+    assert float(f(1.0)) == 1.0
