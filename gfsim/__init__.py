@@ -6,9 +6,12 @@ _configure()
 
 from . import analysis as analysis  # noqa: E402
 from . import data as data  # noqa: E402
+from . import derivatives as derivatives  # noqa: E402
 from . import losses as losses  # noqa: E402
 from . import nets as nets  # noqa: E402
 from .data import Dataset as Dataset  # noqa: E402
+from .derivatives import scaled as scaled  # noqa: E402
+from .derivatives import stop_time as stop_time  # noqa: E402
 from .descent import gd as gd  # noqa: E402
 from .flow import grid as grid  # noqa: E402
 from .flow import log_times as log_times  # noqa: E402

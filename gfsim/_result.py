@@ -44,14 +44,18 @@ class RawResult(eqx.Module):
 _FIELDS = tuple(RawResult.__dataclass_fields__)
 
 
-def status_from_diffrax(result) -> Int[Array, "*runs"]:
-    """Diffrax's outcome of a ``diffeqsolve`` (its ``RESULTS``) as a Status code."""
+def status_from_diffrax(result, stop_loss_reached=None) -> Int[Array, "*runs"]:
+    """Diffrax's outcome of a ``diffeqsolve`` (its ``RESULTS``) as a Status code. A stop event
+    is ``stop_loss`` where ``stop_loss_reached`` (None: the stop_loss rule was not given), else
+    ``stop_grad``."""
+    event = Status.STOP_GRAD if stop_loss_reached is None else jnp.where(
+        stop_loss_reached, Status.STOP_LOSS, Status.STOP_GRAD)
     return jnp.where(
         result == diffrax.RESULTS.successful,
         Status.REACHED_T1,
         jnp.where(
             result == diffrax.RESULTS.event_occurred,
-            Status.STOP_LOSS,
+            event,
             jnp.where(result == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS,
                       Status.FAILED),
         ),

@@ -65,10 +65,16 @@ class Activation(eqx.Module):
 ACTIVATIONS: Registry[Callable[[float], Activation]] = Registry("activation")
 ACTIVATIONS.register("relu", lambda negative_slope: Activation(jax.nn.relu, 0.0, 1.0))
 ACTIVATIONS.register("linear", lambda negative_slope: Activation(lambda z: z))
-ACTIVATIONS.register(
-    "leaky_relu",
-    lambda negative_slope: Activation(lambda z: jax.nn.leaky_relu(z, negative_slope),
-                                      float(negative_slope), 1.0))
+def _leaky(negative_slope: float) -> Activation:
+    fn = lambda z: jax.nn.leaky_relu(z, negative_slope)  # noqa: E731
+    if float(negative_slope) < 1.0:
+        return Activation(fn, float(negative_slope), 1.0)
+    # slope 1 is linear; above 1 the kink is concave, which the event solver does not handle:
+    # such a net runs the plain solver
+    return Activation(fn)
+
+
+ACTIVATIONS.register("leaky_relu", _leaky)
 
 
 def register_activation(name: str, fn: Callable | Activation) -> Callable:

@@ -227,3 +227,10 @@ def event_counts(traj) -> dict[str, Array]:
         slides=traj.num_slides,
         changes=traj.num_crossings + traj.num_slides,
     )
+
+
+# -- second order (gfsim.hessian) -----------------------------------------------------------------
+
+from .hessian import ENDPOINT_KINDS as ENDPOINT_KINDS  # noqa: E402
+from .hessian import classify_endpoint as classify_endpoint  # noqa: E402
+from .hessian import hessian_extremes as hessian_extremes  # noqa: E402

@@ -49,8 +49,10 @@ class _Static:
     num_saves: int
     decades: float
     has_stop: bool
+    has_stop_grad: bool
     net_batched: bool
     data_batched: bool
+    progress: bool = False
 
 
 _TRACES = [0]
@@ -66,7 +68,8 @@ def objective(net: MLP, data: Dataset, loss: str = "square", reduction: str = "m
     return loss_value(loss, reduction, net(data.X), data.Y, data.mask)
 
 
-def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
+def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
+    stop_loss, stop_grad = stops
     params0, skeleton = eqx.partition(net, eqx.is_array)
     # The solve runs on one flat parameter vector: the same RMS error norm as on the pytree,
     # but fewer buffers in the step loop (vmapped steps 1.9x cheaper on W-B on the CPU).
@@ -89,9 +92,15 @@ def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
     def field(t, theta, data):
         return jnp.where(start_ok, -grad_fn(theta, data), 0.0)
 
-    event = None
-    if cfg.has_stop:
-        event = diffrax.Event(lambda t, y, args, **kw: flat_loss(y, args) < stop_loss)
+    def stopped(t, y, args, **kw):
+        hit = jnp.zeros((), bool)
+        if cfg.has_stop:
+            hit = hit | (flat_loss(y, args) < stop_loss)
+        if cfg.has_stop_grad:
+            hit = hit | (jnp.linalg.norm(grad_fn(y, args)) < stop_grad)
+        return hit
+
+    event = diffrax.Event(stopped) if cfg.has_stop or cfg.has_stop_grad else None
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
@@ -104,9 +113,12 @@ def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
         # Two save streams: the requested times, and the state where the solve ended (t1, the
         # stop_loss event, or the last step before the budget ran out).
         saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
-        stepsize_controller=cfg.method.controller or diffrax.PIDController(rtol=rtol, atol=atol),
+        stepsize_controller=(cfg.method.controller if cfg.method.controller is not None
+                             else diffrax.PIDController(rtol=rtol, atol=atol)),
         event=event,
         max_steps=cfg.method.max_steps,
+        adjoint=cfg.method.adjoint,
+        progress_meter=diffrax.TqdmProgressMeter() if cfg.progress else diffrax.NoProgressMeter(),
         throw=False,
     )
     ys_ts, ys_end = sol.ys
@@ -130,7 +142,9 @@ def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
         final_weights=eqx.combine(final, skeleton).weights,
         final_loss=final_loss,
         t_final=t_final,
-        status=final_status(status_from_diffrax(sol.result), finite),
+        status=final_status(status_from_diffrax(
+            sol.result, stop_loss_reached=final_loss < stop_loss if cfg.has_stop else None),
+            finite),
         num_steps=stats["num_steps"],
         num_accepted=stats["num_accepted_steps"],
         num_rejected=stats["num_rejected_steps"],
@@ -138,19 +152,19 @@ def _solve_one(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
 
 
 @eqx.filter_jit
-def _run(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
+def _run(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
     _TRACES[0] += 1
     if ts is None:
         ts = log_times(t1, cfg.num_saves, cfg.decades)
     if isinstance(cfg.method, Events):
-        return ts, _run_events(net, data, t1, ts, rtol, atol, stop_loss, cfg).as_dict()
-    fn = lambda n, d: _solve_one(n, d, t1, ts, rtol, atol, stop_loss, cfg)  # noqa: E731
+        return ts, _run_events(net, data, t1, ts, rtol, atol, stops, cfg).as_dict()
+    fn = lambda n, d: _solve_one(n, d, t1, ts, rtol, atol, stops, cfg)  # noqa: E731
     if cfg.net_batched or cfg.data_batched:
         fn = jax.vmap(fn, in_axes=(0 if cfg.net_batched else None, 0 if cfg.data_batched else None))
     return ts, fn(net, data).as_dict()
 
 
-def _run_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
+def _run_events(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
     from .events import solve_events
 
     batched = cfg.net_batched or cfg.data_batched
@@ -164,8 +178,10 @@ def _run_events(net, data, t1, ts, rtol, atol, stop_loss, cfg: _Static):
 
         net = net if cfg.net_batched else tile(net)
         data = data if cfg.data_batched else tile(data)
-    return solve_events(net, data, t1, ts, rtol, atol, stop_loss, cfg.method, loss=cfg.loss,
-                        reduction=cfg.reduction, has_stop=cfg.has_stop, batched=batched)
+    return solve_events(net, data, t1, ts, rtol, atol, stops, cfg.method, loss=cfg.loss,
+                        reduction=cfg.reduction, has_stop=cfg.has_stop,
+                        has_stop_grad=cfg.has_stop_grad, batched=batched,
+                        progress=cfg.progress)
 
 
 def check_scalar(x, field: str, *, positive: bool):
@@ -222,6 +238,12 @@ def _as_dtype(data: Dataset, dtype) -> Dataset:
     return jax.tree_util.tree_map(lambda a: a.astype(dtype), data)
 
 
+def _check_flag(value, field: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{field}={value!r} is not allowed; allowed: True or False.")
+    return bool(value)
+
+
 def check_problem(net, data) -> None:
     """Raise one clear ValueError if ``net`` and ``data`` do not fit together."""
     if not isinstance(net, MLP):
@@ -259,10 +281,13 @@ def simulate(
     rtol=1e-8,
     atol=None,
     stop_loss=None,
+    stop_grad=None,
     max_steps: int = 100_000,
     method="auto",
     max_sliding: int = 16,
     lanes: int | None = None,
+    adjoint="reverse",
+    progress: bool = False,
 ) -> Trajectory:
     """Integrate the gradient flow d(theta)/dt = -grad L(theta) from ``net``'s weights.
 
@@ -286,14 +311,18 @@ def simulate(
       ``"heun"``, or a Diffrax solver instance.
     - ``rtol``, ``atol``: PID step-size control tolerances; ``atol`` defaults to ``rtol * 1e-3``.
     - ``stop_loss``: stop a run as soon as its loss falls below this value (per run).
+    - ``stop_grad``: stop a run as soon as its gradient norm (under ``"events"``, the norm of
+      the sliding field while pairs slide) falls below this value: a stationary point, status
+      ``stop_grad``. Traced; whether it is given is static.
     - ``max_steps``: step budget per run; a run that exhausts it ends with status ``max_steps``.
     - ``method``: ``"auto"`` (default: ``"events"`` for nets whose activation has a kink, such
       as ReLU and leaky ReLU, ``"plain"`` otherwise), ``"events"`` (the exact piecewise-smooth
       flow through kinks and sliding modes, :mod:`gfsim.events`; explicit solvers only) or
       ``"plain"`` (Diffrax's ``diffeqsolve`` on the discontinuous field: it may stall where the
       flow slides); or a method object, :class:`gfsim.methods.Events` or
-      :class:`gfsim.methods.Plain`, which carries its own solver and budget (the ``solver``,
-      ``max_steps``, ``max_sliding`` and ``lanes`` arguments then do not apply).
+      :class:`gfsim.methods.Plain`, which carries its own solver, budget and adjoint (giving
+      ``solver``, ``max_steps``, ``max_sliding``, ``lanes`` or ``adjoint`` here too is an
+      error).
     - ``max_sliding``: how many (unit, point) pairs may slide at once under ``"events"``; a run
       that needs more ends with status ``sliding_capacity``. Costs grow with it.
     - ``lanes``: under ``"events"``, how many runs of a batch the loop advances at once (None,
@@ -304,6 +333,14 @@ def simulate(
       or 144 lanes as at 288 with waste 0.14-0.37 instead of 0.50, because a loop iteration has
       a fixed cost that more iterations repeat. It is for batches larger than what a device
       runs in parallel.
+
+    - ``adjoint``: how derivatives go through the solve: ``"reverse"`` (default; ``jax.grad``)
+      or ``"forward"`` (``jax.jvp``, ``jax.jacfwd``: cheaper for few inputs, such as an init
+      scale); under ``method="plain"`` any Diffrax adjoint object too. See
+      docs/differentiation.md.
+    - ``progress``: show a progress bar (tqdm, on stderr) while the call runs: the fraction of
+      ``t1`` the slowest run has reached. Off by default (and then nothing of it is compiled;
+      turning it on is another compiled program).
 
     **Returns:** a :class:`gfsim.Trajectory`.
     """
@@ -318,8 +355,10 @@ def simulate(
         check_scalar(atol, "atol", positive=True)
     if stop_loss is not None:
         check_scalar(stop_loss, "stop_loss", positive=False)
+    if stop_grad is not None:
+        check_scalar(stop_grad, "stop_grad", positive=True)
     method = resolve_method(method, net.activation_fn, solver=solver, max_steps=max_steps,
-                            max_sliding=max_sliding, lanes=lanes)
+                            max_sliding=max_sliding, lanes=lanes, adjoint=adjoint)
     _check_save_rule(num_saves, decades)
     runs = net.runs or data.runs or 1
     if isinstance(method, Events):
@@ -332,8 +371,9 @@ def simulate(
             method = dataclasses.replace(method, lanes=None)
     dtype = net.weights[0].dtype
     # Host values go in as NumPy arrays (traced by the jit without a device dispatch each).
-    t1, rtol, stop = (_as_array(x, dtype) for x in (t1, rtol, -np.inf if stop_loss is None
-                                                           else stop_loss))
+    t1, rtol, stop, stop_g = (_as_array(x, dtype) for x in (
+        t1, rtol, -np.inf if stop_loss is None else stop_loss,
+        0.0 if stop_grad is None else stop_grad))
     atol = rtol * 1e-3 if atol is None else _as_array(atol, dtype)
     if ts is not None:
         _check.real_array(ts, "ts")
@@ -353,12 +393,15 @@ def simulate(
         num_saves=num_saves if ts is None else 0,
         decades=float(decades) if ts is None else 0.0,
         has_stop=stop_loss is not None,
+        has_stop_grad=stop_grad is not None,
         net_batched=net.is_batched,
         data_batched=data.is_batched,
+        progress=_check_flag(progress, "progress"),
     )
     # a stored export of this solve's traced program, when one applies (see gfsim._exported)
-    res = _exported.cached_call(_run, (net, data, t1, ts, rtol, atol, stop), cfg)
-    ts, raw = res if res is not None else _run(net, data, t1, ts, rtol, atol, stop, cfg)
+    stops = (stop, stop_g)
+    res = _exported.cached_call(_run, (net, data, t1, ts, rtol, atol, stops), cfg)
+    ts, raw = res if res is not None else _run(net, data, t1, ts, rtol, atol, stops, cfg)
     events = isinstance(method, Events)
     return RawResult(**raw).trajectory(
         ts,

@@ -38,6 +38,24 @@ def _positive_int(value, field: str, *, none: bool = False) -> int | None:
     return int(value)
 
 
+ADJOINTS = ("reverse", "forward")
+
+
+def resolve_adjoint(adjoint) -> diffrax.AbstractAdjoint:
+    """``"reverse"`` (default: Diffrax's checkpointed reverse mode, for ``jax.grad``),
+    ``"forward"`` (forward mode, for ``jax.jvp`` / ``jax.jacfwd``: one pass per input
+    direction, cheaper for a scalar input such as an init scale) or a Diffrax adjoint object
+    (``method="plain"`` takes any; the event solver takes these two)."""
+    if isinstance(adjoint, diffrax.AbstractAdjoint):
+        return adjoint
+    if adjoint == "reverse":
+        return diffrax.RecursiveCheckpointAdjoint()
+    if adjoint == "forward":
+        return diffrax.ForwardMode()
+    raise ValueError(f"adjoint={adjoint!r} is not allowed; allowed: 'reverse', 'forward' or a "
+                     "diffrax adjoint (e.g. diffrax.ForwardMode()).")
+
+
 def _check_controller(controller):
     if controller is not None and not isinstance(controller, diffrax.PIDController):
         raise ValueError(
@@ -52,6 +70,7 @@ class AbstractMethod(eqx.Module):
     solver: diffrax.AbstractSolver = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
     controller: diffrax.PIDController | None = eqx.field(static=True)
+    adjoint: diffrax.AbstractAdjoint = eqx.field(static=True)
 
     @property
     def name(self) -> str:
@@ -73,12 +92,17 @@ class Plain(AbstractMethod):
     - ``controller``: a :class:`diffrax.PIDController` (its tolerances are then static: a new
       value recompiles); default None: ``PIDController(rtol, atol)`` from
       :func:`gfsim.simulate`'s (traced) tolerances.
+    - ``adjoint``: how derivatives go through the solve: ``"reverse"`` (default, Diffrax's
+      ``RecursiveCheckpointAdjoint``: ``jax.grad``), ``"forward"`` (``diffrax.ForwardMode``:
+      ``jax.jvp``, ``jax.jacfwd``) or any Diffrax adjoint object.
     """
 
-    def __init__(self, solver="tsit5", max_steps: int = 100_000, controller=None):
+    def __init__(self, solver="tsit5", max_steps: int = 100_000, controller=None,
+                 adjoint="reverse"):
         self.solver = resolve_solver(solver)
         self.max_steps = _positive_int(max_steps, "max_steps")
         self.controller = _check_controller(controller)
+        self.adjoint = resolve_adjoint(adjoint)
 
     @property
     def name(self) -> str:
@@ -99,20 +123,28 @@ class Events(AbstractMethod):
     - ``lanes``: how many runs of a batch the loop advances at once (None, the default: all);
       with fewer lanes than runs a lane whose run is done takes the next pending run.
     - ``controller``: as for :class:`Plain` (the same controller rule under both methods).
+    - ``adjoint``: ``"reverse"`` (default: the loop is checkpointed for ``jax.grad``) or
+      ``"forward"`` (a plain loop, for ``jax.jvp`` / ``jax.jacfwd``; reverse mode then fails).
     """
 
     max_sliding: int = eqx.field(static=True)
     lanes: int | None = eqx.field(static=True)
 
     def __init__(self, solver="tsit5", max_steps: int = 100_000, max_sliding: int = 16,
-                 lanes: int | None = None, controller=None):
+                 lanes: int | None = None, controller=None, adjoint="reverse"):
         self.solver = resolve_solver(solver)
         self.controller = _check_controller(controller)
+        self.adjoint = resolve_adjoint(adjoint)
         self.max_steps = _positive_int(max_steps, "max_steps")
         self.max_sliding = _positive_int(max_sliding, "max_sliding")
         self.lanes = _positive_int(lanes, "lanes", none=True)
 
     def __check_init__(self):
+        if not isinstance(self.adjoint, (diffrax.RecursiveCheckpointAdjoint,
+                                         diffrax.ForwardMode)):
+            raise ValueError(
+                f"adjoint={type(self.adjoint).__name__} cannot be used with method='events'; "
+                "allowed: 'reverse' (RecursiveCheckpointAdjoint) or 'forward' (ForwardMode).")
         if not isinstance(self.solver, diffrax.AbstractERK):
             raise ValueError(
                 f"solver={type(self.solver).__name__} cannot be used with method='events'; "
@@ -131,11 +163,21 @@ METHOD_NAMES = ("auto", "events", "plain")
 
 
 def resolve_method(method, activation, *, solver="tsit5", max_steps=100_000, max_sliding=16,
-                   lanes=None) -> AbstractMethod:
+                   lanes=None, adjoint="reverse") -> AbstractMethod:
     """The method object for ``simulate(..., method=...)``: a string (``"auto"``: events for an
     activation with a kink, plain otherwise) with the other options, or a method object as it
     is. ``activation``: an :class:`~gfsim.activations.Activation`."""
     if isinstance(method, AbstractMethod):
+        given = dict(solver=solver, max_steps=max_steps, max_sliding=max_sliding, lanes=lanes,
+                     adjoint=adjoint)
+        default = dict(solver="tsit5", max_steps=100_000, max_sliding=16, lanes=None,
+                       adjoint="reverse")
+        clash = [k for k in given if given[k] is not default[k] and given[k] != default[k]]
+        if clash:
+            raise ValueError(
+                f"{clash[0]}={given[clash[0]]!r} with method={type(method).__name__}(...): the "
+                f"method object carries its own {clash[0]}; allowed: pass it to the object, "
+                f"e.g. {type(method).__name__}({clash[0]}=...).")
         return method
     if not isinstance(method, str) or method not in METHOD_NAMES:
         raise ValueError(
@@ -146,8 +188,9 @@ def resolve_method(method, activation, *, solver="tsit5", max_steps=100_000, max
     max_steps = _positive_int(max_steps, "max_steps")
     max_sliding = _positive_int(max_sliding, "max_sliding")
     lanes = _positive_int(lanes, "lanes", none=True)
+    adjoint = resolve_adjoint(adjoint)
     if method == "auto":
         method = "events" if activation.has_kink else "plain"
     if method == "events":
-        return Events(solver, max_steps, max_sliding, lanes)
-    return Plain(solver, max_steps)
+        return Events(solver, max_steps, max_sliding, lanes, adjoint=adjoint)
+    return Plain(solver, max_steps, adjoint=adjoint)

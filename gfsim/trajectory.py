@@ -18,6 +18,7 @@ class Status(enum.IntEnum):
     NONFINITE = 3  # the loss or its gradient became NaN/inf
     FAILED = 4  # any other solver failure (e.g. an implicit solver's root find)
     SLIDING_CAPACITY = 5  # more pairs slid at once than max_sliding (raise it and rerun)
+    STOP_GRAD = 6  # the gradient norm fell below stop_grad (a stationary point); later slots NaN
 
     @property
     def label(self) -> str:

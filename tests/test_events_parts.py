@@ -166,7 +166,11 @@ def test_a_given_controller_is_used_by_both_methods():
     assert int(coarse.num_steps) < int(fine.num_steps)
     with pytest.raises(ValueError, match="controller=.*PIDController"):
         Events(controller="pid")
-    assert Plain(controller=ctrl).controller is ctrl
+    plain_coarse = gfsim.simulate(net, data, 2.0, method=Plain(controller=ctrl), num_saves=2)
+    plain_fine = gfsim.simulate(net, data, 2.0, method="plain", rtol=1e-9, num_saves=2)
+    assert int(plain_coarse.num_steps) < int(plain_fine.num_steps)
+    with pytest.raises(ValueError, match="max_sliding=4 with method=Events"):
+        gfsim.simulate(net, data, 2.0, method=Events(), max_sliding=4)
 
 
 # -- methods and activations as objects ------------------------------------------------------------
@@ -200,6 +204,14 @@ def test_a_registered_kinked_activation_runs_the_event_solver_like_leaky_relu():
     assert int(mine.num_slides) == int(ref.num_slides) >= 1
     for a, b in zip(mine.final_weights, ref.final_weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+
+
+def test_leaky_relu_with_slope_one_or_more_is_smooth_typed():
+    """Slope 1 is linear and above 1 the kink is concave: no event solver, but a working net."""
+    for slope in (1.0, 2.0):
+        net = gfsim.MLP((2, 3, 1), "leaky_relu", key=jax.random.key(0), negative_slope=slope)
+        assert not net.activation_fn.has_kink
+        np.testing.assert_allclose(np.asarray(net.act(jnp.array([-1.0, 2.0]))), [-slope, 2.0])
 
 
 def test_activation_objects_know_their_kink():
@@ -249,10 +261,12 @@ def test_saves_interpolate_the_due_slots_from_the_dense_output():
     setup = SimpleNamespace(ts=jnp.array([0.0, 0.05, 0.1, 0.15, 1.0]), solver=solver)
     lanes = SimpleNamespace(t=t0, y=y0, held=jnp.zeros((2, 3), bool),
                             save_index=jnp.array([1, 1], jnp.int32))
-    saves0 = jnp.full((1, 5, 2), jnp.nan)
-    held0 = jnp.zeros((1, 5, 3), bool)
+    saves0 = jnp.full((2, 5, 2), jnp.nan)
+    held0 = jnp.zeros((2, 5, 3), bool)
+    # lane 1 is idle: its run index, 2, is out of range
     saves, _, index = _saves.record(setup, lanes, t1, t1, dense, y1, jnp.zeros(2, bool),
-                                    jnp.ones(2, bool), saves0, held0, jnp.array([0, 1]))
+                                    jnp.ones(2, bool), saves0, held0, jnp.array([0, 2]))
+    assert np.all(np.isnan(np.asarray(saves[1])))
     np.testing.assert_array_equal(np.asarray(index), [3, 3])
     got = np.asarray(saves[0])
     np.testing.assert_allclose(got[1], np.exp(-0.05) * np.array([1.0, 2.0]), rtol=1e-7)
@@ -261,3 +275,65 @@ def test_saves_interpolate_the_due_slots_from_the_dense_output():
     start, _ = _saves.put_start(setup, saves0, held0, jnp.array([0]), SimpleNamespace(
         y=y0[:1], held=jnp.zeros((1, 3), bool)))
     np.testing.assert_array_equal(np.asarray(start[0, 0]), [1.0, 2.0])
+
+
+def test_progress_bar_changes_nothing_but_stderr(capfd):
+    net = gfsim.MLP((2, 3, 1), key=jax.random.key(1), runs=2)
+    data = gfsim.Dataset(np.array([[1.0, 0.2], [0.1, 1.0]]), np.array([[1.0], [0.5]]))
+    quiet = gfsim.simulate(net, data, 1.0, method="events", max_sliding=4, num_saves=2)
+    capfd.readouterr()
+    shown = gfsim.simulate(net, data, 1.0, method="events", max_sliding=4, num_saves=2,
+                           progress=True)
+    assert "100.00%" in capfd.readouterr().err
+    np.testing.assert_array_equal(np.asarray(shown.num_steps), np.asarray(quiet.num_steps))
+    np.testing.assert_array_equal(np.asarray(shown.final_loss), np.asarray(quiet.final_loss))
+    with pytest.raises(ValueError, match="progress='yes' is not allowed"):
+        gfsim.simulate(net, data, 1.0, progress="yes")
+
+
+# -- the loop state and lane refill ----------------------------------------------------------------
+
+def test_run_record_keeps_done_runs_and_drops_idle_lanes():
+    """RunRecord.put writes each lane's run to its row and drops lanes whose run index is out of
+    range (idle); select picks per lane."""
+    from gfsim.events._state import RECORD_FIELDS, RunRecord, select
+
+    L, R, p, P = 3, 4, 2, 5
+    lanes = type("L", (), {})()
+    for k in RECORD_FIELDS:
+        shape = {"y": (L, p), "on": (L, P), "held": (L, P)}.get(k, (L,))
+        dtype = bool if k in ("on", "held") else (jnp.int32 if k not in ("t", "y") else float)
+        setattr(lanes, k, (jnp.arange(np.prod(shape)).reshape(shape) + 1).astype(dtype))
+    empty = RunRecord(**{k: jnp.zeros((R,) + getattr(lanes, k).shape[1:],
+                                      getattr(lanes, k).dtype) for k in RECORD_FIELDS})
+    rec = empty.put(jnp.array([2, R, 0]), lanes)  # lane 1 idle
+    np.testing.assert_array_equal(np.asarray(rec.t), [3.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(rec.y[2]), np.asarray(lanes.y[0]))
+    both = select(jnp.array([True, False, True]), (lanes.t, lanes.y), (-lanes.t, -lanes.y))
+    np.testing.assert_array_equal(np.asarray(both[0]), [1.0, -2.0, 3.0])
+    np.testing.assert_array_equal(np.asarray(both[1][1]), -np.asarray(lanes.y[1]))
+
+
+# -- stop rules ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["plain", "events"])
+def test_stop_grad_ends_at_a_stationary_point(method):
+    """A depth-2 net with every unit on (positive data and weights) flows to a stationary
+    point; stop_grad ends it there, with its own status, earlier than t1, with the gradient norm
+    below the tolerance (and a larger one stops sooner)."""
+    X = np.array([[1.0, 0.5], [0.3, 1.2], [0.8, 0.9]])
+    Y = np.array([[1.0], [2.0], [1.5]])
+    activation = "relu" if method == "events" else "linear"
+    net = gfsim.MLP.from_weights([np.full((3, 2), 0.3), np.full((1, 3), 0.2)], activation)
+    data = gfsim.Dataset(X, Y)
+    kw = dict(reduction="sum", rtol=1e-9, num_saves=2, method=method)
+    tight = gfsim.simulate(net, data, 1e4, stop_grad=1e-6, **kw)
+    loose = gfsim.simulate(net, data, 1e4, stop_grad=1e-3, **kw)
+    for tr, tol in ((tight, 1e-6), (loose, 1e-3)):
+        assert tr.status_labels().item() == "stop_grad" and float(tr.t_final) < 1e4
+        end = gfsim.MLP.from_weights(tr.final_weights, activation)
+        g = jax.grad(lambda n: gfsim.objective(n, data, reduction="sum"))(end)
+        assert float(jnp.sqrt(sum(jnp.sum(w ** 2) for w in g.weights))) < tol
+    assert float(loose.t_final) < float(tight.t_final)
+    both = gfsim.simulate(net, data, 1e4, stop_grad=1e-6, stop_loss=1e3, **kw)
+    assert both.status_labels().item() == "stop_loss"  # the loss rule fired first (at t = 0+)

@@ -1,4 +1,4 @@
-"""The exact ReLU flow through kinks and sliding modes (gfsim.kinks, method="events")."""
+"""The exact ReLU flow through kinks and sliding modes (gfsim.events, method="events")."""
 
 import diffrax
 import jax

@@ -4,7 +4,8 @@ The solver calls the controller's own ``init`` (the first step) and ``adapt_step
 or reject a trial step, and the next step size), so any :class:`diffrax.PIDController` works
 here exactly as it does in ``method="plain"``: give ``Events(controller=PIDController(...))``
 and ``Plain(controller=...)`` the same object and a tolerance means the same under both (a flow
-that never reaches a kink then takes the very steps of Diffrax's ``diffeqsolve``).
+that never reaches a kink then takes the very steps of Diffrax's ``diffeqsolve``, as long as no
+step spans more than ``SAVE_SLOTS`` save times: the event solver cuts a step there).
 
 The default of the event solver is :class:`EventController`, a ``PIDController`` with the rule
 the event solver was tuned and tested with: an accepted step may also shrink (by
@@ -30,7 +31,9 @@ class EventController(diffrax.PIDController):
     solver's error order (Diffrax's; 5 for Tsit5), clipped to [0.2, ``factormax``]
     for an accepted step and [0.1, ``safety``] for a rejected one; 0.1 when the error is not
     finite. The first step: ``0.01 * ||y0|| / ||f(y0)||`` in the scaled norm (1e-6 if either is
-    below 1e-5)."""
+    below 1e-5). Of the inherited settings it reads ``rtol``, ``atol``, ``safety`` and
+    ``factormax``; the others (``pcoeff``, ``icoeff``, ``dcoeff``, ``factormin``, ``dtmin``,
+    ``dtmax``, ``norm``) do not apply."""
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         if dt0 is not None:
@@ -39,6 +42,7 @@ class EventController(diffrax.PIDController):
         d0 = jnp.sqrt(jnp.mean((y0 / scale) ** 2))
         d1 = jnp.sqrt(jnp.mean((func(terms, t0, y0, args) / scale) ** 2))
         h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.maximum(d1, 1e-300))
+        h0 = jax.lax.stop_gradient(h0)  # step sizes are not differentiated (Diffrax's rule)
         one = jnp.ones((), y0.dtype)
         return t0 + h0, (one, one, False)
 
@@ -51,7 +55,7 @@ class EventController(diffrax.PIDController):
         safe = jnp.where(jnp.isfinite(err), err, jnp.inf)
         fac = self.safety * jnp.maximum(safe, 1e-10) ** (-1.0 / error_order)
         fac = jnp.where(keep, jnp.clip(fac, 0.2, self.factormax), jnp.clip(fac, 0.1, self.safety))
-        fac = jnp.where(jnp.isfinite(fac), fac, 0.1)
+        fac = jax.lax.stop_gradient(jnp.where(jnp.isfinite(fac), fac, 0.1))
         dt = (t1 - t0) * fac
         next_t0 = jnp.where(keep, t1, t0)
         return keep, next_t0, next_t0 + dt, False, controller_state, diffrax.RESULTS.successful
@@ -70,7 +74,9 @@ def initial_step(setup, term, theta, data):
     t_first, state = setup.controller.init(
         term, zero, setup.t1, theta, None, data,
         lambda terms, t, y, args: terms.vf(t, y, args), setup.error_order)
-    return jnp.minimum(t_first - zero, setup.t1), state
+    # step sizes are not differentiated (Diffrax's convention): their sensitivity compounds
+    # over the steps and overflowed to inf * 0 = NaN in long reverse passes
+    return jax.lax.stop_gradient(jnp.minimum(t_first - zero, setup.t1)), state
 
 
 def adapt(setup, h, y0, y1, yerr, state):
@@ -93,4 +99,4 @@ def adapt(setup, h, y0, y1, yerr, state):
     _, _, h_rejected, _, state_rejected, _ = ask(zero, h)
     state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), state_kept,
                                    state_rejected)
-    return keep, jnp.where(keep, h_kept, h_rejected), state
+    return keep, jax.lax.stop_gradient(jnp.where(keep, h_kept, h_rejected)), state

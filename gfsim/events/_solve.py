@@ -10,8 +10,8 @@ Each iteration, for every lane at once (see docs/nonsmooth.md):
 3. after a change or a sliding step: the state projected back onto the held kinks
    (:mod:`._sliding`) and the event values and their offsets afresh;
 4. the save times passed, interpolated from the dense output (:mod:`._saves`);
-5. the next step size (:mod:`._control`), and the run's status: done at t1, at stop_loss, out of
-   steps, non-finite;
+5. the next step size (:mod:`._control`), and the run's status: done at t1, at stop_loss or
+   stop_grad, out of steps, non-finite;
 6. with fewer lanes than runs, lanes whose run is done take the next pending run
    (:mod:`._refill`).
 
@@ -34,15 +34,16 @@ from . import _control, _decide, _functions, _locate, _refill, _saves, _sliding,
 from ._model import FrozenPattern, flatten
 from ._state import Lanes, LoopState, Refill, RunRecord, select
 
-_LOOP_KIND = "checkpointed"
+# the main loop: checkpointed for reverse mode, a plain while loop for forward mode (jvp)
+_LOOP_KIND = {"reverse": "checkpointed", "forward": "lax"}
 
 
 class Setup:
     """What every part of one solve reads: the model, the solver, the batch's data and the
     problem's constants. Built at trace time (its arrays are traced); not a pytree."""
 
-    def __init__(self, net, data, t1, ts, rtol, atol, stop_loss, method, loss, reduction,
-                 has_stop, batched):
+    def __init__(self, net, data, t1, ts, rtol, atol, stops, method, loss, reduction,
+                 has_stop, batched, has_stop_grad=False):
         single = net if not batched else jax.tree_util.tree_map(lambda a: a[0], net)
         self.model = FrozenPattern(single, loss, reduction)
         if batched:
@@ -54,7 +55,8 @@ class Setup:
         self.runs, self.params = self.theta0.shape
         self.points = data.X.shape[1]
         self.pairs = self.points * self.model.hsum
-        self.ts, self.t1, self.stop_loss = ts, t1, stop_loss
+        self.ts, self.t1 = ts, t1
+        self.stop_loss, self.stop_grad = stops
         self.solver = method.solver
         self.error_order = self.solver.error_order(diffrax.ODETerm(lambda t, y, a: y))
         self.controller = _control.controller(method, rtol, atol)
@@ -63,6 +65,12 @@ class Setup:
         self.slots = method.max_sliding  # rows for held pairs in a projection
         self.max_steps = method.max_steps
         self.has_stop = has_stop
+        self.has_stop_grad = has_stop_grad
+        self.adjoint = "forward" if isinstance(method.adjoint, diffrax.ForwardMode) else "reverse"
+        if self.adjoint == "forward" and hasattr(self.solver, "scan_kind"):
+            # the stages' loop (Diffrax's own step, on sliding steps) must support jvp too
+            self.solver = eqx.tree_at(lambda s: s.scan_kind, self.solver, "lax",
+                                      is_leaf=lambda x: x is None)
         self.lanes = self.runs if method.lanes is None else min(int(method.lanes), self.runs)
         self.refill = self.lanes < self.runs
 
@@ -313,6 +321,18 @@ def _outcome(setup: Setup, new: Lanes, old: Lanes, active, ok, err, data) -> Lan
         hit_stop = active & ok & (lval < setup.stop_loss) & ~done
         status = jnp.where(hit_stop, int(Status.STOP_LOSS), status)
         done = done | hit_stop
+    if setup.has_stop_grad:
+        m = setup.model
+
+        def speed(slots):
+            return jax.vmap(lambda y, o, hl, d: jnp.linalg.norm(
+                _sliding.field(m, d, y, o, hl, slots)[0]))(new.y, new.on, new.held, data)
+
+        # the norm of the field the flow follows (the sliding field while pairs slide)
+        still = setup.by_projection(jnp.any(new.held & active[:, None]), speed) < setup.stop_grad
+        hit_grad = active & ok & still & ~done
+        status = jnp.where(hit_grad, int(Status.STOP_GRAD), status)
+        done = done | hit_grad
     done = done | (active & (overflow | nonfinite))
     exhausted = active & ~done & (steps >= setup.max_steps)
     status = jnp.where(exhausted, int(Status.MAX_STEPS), status)
@@ -321,12 +341,14 @@ def _outcome(setup: Setup, new: Lanes, old: Lanes, active, ok, err, data) -> Lan
                        rejected=old.rejected + (active & ~ok))
 
 
-def solve_events(net, data, t1, ts, rtol, atol, stop_loss, method, *, loss, reduction,
-                 has_stop: bool, batched: bool) -> RawResult:
+def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reduction,
+                 has_stop: bool, has_stop_grad: bool = False, batched: bool,
+                 progress: bool = False) -> RawResult:
     """Event-driven solve of a batch (leading run axis on net and data when ``batched``).
-    ``method``: a :class:`gfsim.methods.Events`; ``has_stop``: whether ``stop_loss`` applies."""
-    setup = Setup(net, data, t1, ts, rtol, atol, stop_loss, method, loss, reduction, has_stop,
-                  batched)
+    ``method``: a :class:`gfsim.methods.Events`; ``stops``: the (stop_loss, stop_grad)
+    thresholds; ``has_stop``, ``has_stop_grad``: whether each applies."""
+    setup = Setup(net, data, t1, ts, rtol, atol, stops, method, loss, reduction, has_stop,
+                  batched, has_stop_grad)
     R, L, S, p, P = setup.runs, setup.lanes, ts.shape[0], setup.params, setup.pairs
     m = setup.model
     lanes0 = start_lanes(setup, setup.theta0[:L], _refill.take(setup.data, jnp.arange(L)))
@@ -338,16 +360,32 @@ def solve_events(net, data, t1, ts, rtol, atol, stop_loss, method, *, loss, redu
         refill = Refill(data=_refill.take(setup.data, jnp.arange(L)), run_of_lane=rid0,
                         next_run=jnp.asarray(L, jnp.int32),
                         record=RunRecord.empty(lanes0, R))
+    meter = diffrax.TqdmProgressMeter() if progress else None
     state0 = LoopState(lanes=lanes0, saves=saves0, saved_held=saved_held0,
-                       iteration=jnp.zeros((), jnp.int32), refill=refill)
+                       iteration=jnp.zeros((), jnp.int32), refill=refill,
+                       progress=None if meter is None else meter.init())
+
+    def body(st):
+        st = _iterate(setup, st)
+        if meter is None:
+            return st
+        # the slowest lane's share of t1 (runs not yet loaded into a lane count as 0)
+        lanes = st.lanes
+        frac = jnp.min(jnp.where(lanes.done, 1.0, lanes.t / setup.t1))
+        if setup.refill:
+            frac = jnp.where(st.refill.next_run < R, 0.0, frac)
+        return st.replace(progress=meter.step(st.progress, frac))
+
     final = eqxi.while_loop(
         lambda st: ~jnp.all(st.lanes.done),
-        lambda st: _iterate(setup, st),
+        body,
         state0,
         # with refill, list scheduling ends by (sum of run lengths) / L + the longest run
         max_steps=(setup.max_steps + 1) * ((-(-R // L) + 1) if setup.refill else 1),
-        kind=_LOOP_KIND,
+        kind=_LOOP_KIND[setup.adjoint],
     )
+    if meter is not None:
+        meter.close(final.progress)
     runs = final.refill.record if setup.refill else final.lanes  # per run
 
     def finish(theta, ys, on, held, d):

@@ -88,6 +88,7 @@ class LoopState(eqx.Module):
     saved_held: Bool[Array, "R S P"]  # the held pairs at each save time
     iteration: Int[Array, ""]
     refill: Refill | None = None  # None: one lane per run
+    progress: PyTree = None  # a Diffrax progress meter's state, when a bar is shown
 
     def replace(self, **changes) -> LoopState:
         return dataclasses.replace(self, **changes)

@@ -57,7 +57,7 @@ PAIR = {
 }
 PAIR_SR_FAR = 1.5  # "far from rank one", as in claim 2: stable rank >= 1.5 (ratio <= 0.816)
 BOOTSTRAP = 2000
-# method: the event-driven ReLU solver (gfsim.kinks) takes 250 s on the quick setting on a
+# method: the event-driven ReLU solver (gfsim.events) took 250 s on the quick setting on a
 # 2-core CPU (an event somewhere among 8 seeds x up to 5376 (unit, point) pairs on almost every
 # step), against about 15 s for the plain solver with the same verdicts; the square loss of the
 # full profile slides and needs it.
