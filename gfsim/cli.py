@@ -96,6 +96,14 @@ def _run_spec(command, spec, out, backend, address, resume, no_progress):
                f"{summary['wall_time']:.1f} s)")
     for bid, err in errors.items():
         click.echo(f"batch {bid} failed: {err}", err=True)
+    if summary.get("interrupted"):
+        import signal
+
+        sig = summary["interrupted"]
+        click.echo(f"gfsim {command}: interrupted by {signal.Signals(sig).name}: "
+                   f"{summary['runs_done']} / {summary['runs_total']} runs committed, the rest "
+                   f"pending; resume with --resume", err=True)
+        sys.exit(128 + sig)
     if errors:
         sys.exit(1)
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._config import default_dtype
+from . import _check
 
 
 def _is_concrete(x) -> bool:
@@ -39,15 +39,13 @@ class Dataset(eqx.Module):
     mask: Float[Array, "*runs n d_out"] | None = None
 
     def __init__(self, X, Y, mask=None):
-        X = jnp.asarray(X)
-        Y = jnp.asarray(Y)
-        if not jnp.issubdtype(X.dtype, jnp.floating):
-            X = X.astype(default_dtype())
+        X = _check.real_array(X, "X")
+        Y = _check.real_array(Y, "Y")
         if Y.ndim == X.ndim - 1:
             Y = Y[..., None]
         self.X = X
         self.Y = Y.astype(X.dtype)
-        self.mask = None if mask is None else jnp.asarray(mask).astype(X.dtype)
+        self.mask = None if mask is None else _check.real_array(mask, "mask").astype(X.dtype)
 
     def __check_init__(self):
         X, Y = self.X, self.Y
@@ -66,6 +64,10 @@ class Dataset(eqx.Module):
             )
         if X.shape[-2] < 1:
             raise ValueError("X must hold at least one data point (n >= 1).")
+        if X.shape[-1] < 1 or Y.shape[-1] < 1 or (X.ndim == 3 and X.shape[0] < 1):
+            raise ValueError(
+                f"X {tuple(X.shape)} and Y {tuple(Y.shape)} have an empty axis; allowed: "
+                "d_in >= 1, d_out >= 1 and, for a batch, runs >= 1.")
         if self.mask is not None:
             if self.mask.shape != Y.shape:
                 raise ValueError(
@@ -104,6 +106,7 @@ class Dataset(eqx.Module):
     def __getitem__(self, index) -> Dataset:
         if not self.is_batched:
             raise TypeError("Only a batch of datasets (leading run axis) can be indexed.")
+        index = _check.run_index(index, self.runs, "a batch of datasets")
         return jax.tree_util.tree_map(lambda a: a[index], self)
 
 
@@ -113,6 +116,7 @@ def stack(items) -> Dataset:
 
 
 def _batched(fn, key, runs):
+    _check.prng_key(key)
     if runs is None:
         return fn(key)
     return jax.vmap(fn)(jax.random.split(key, runs))
@@ -130,11 +134,11 @@ def paper_angle() -> float:
 def pair_points(angle: float, dim: int = 2, dtype=None) -> Float[Array, "2 dim"]:
     """Two unit vectors at ``angle`` (radians), symmetric about the second axis:
     x1 = (sin(a/2), cos(a/2), 0, ...), x2 = (-sin(a/2), cos(a/2), 0, ...)."""
+    _check.real(angle, "angle")
     if not (0 < angle < math.pi):
         raise ValueError(f"angle={angle!r} must lie strictly between 0 and pi.")
-    if dim < 2:
-        raise ValueError(f"dim={dim!r} must be at least 2.")
-    dtype = default_dtype() if dtype is None else dtype
+    _check.integer(dim, "dim", lo=2)
+    dtype = _check.float_dtype(dtype)
     s, c = math.sin(angle / 2), math.cos(angle / 2)
     x = np.zeros((2, dim))
     x[0, :2] = (s, c)
@@ -152,7 +156,9 @@ def paper_pair(angle: float | None = None, dim: int = 2, dtype=None) -> Dataset:
 def random_pairs(key: PRNGKeyArray, runs: int, dim: int = 2, dtype=None) -> Dataset:
     """A batch of ``runs`` size-2 datasets: two independent uniform points on the unit sphere in
     ``dim`` dimensions, targets e1 and e2 (the "most datasets" experiment)."""
-    dtype = default_dtype() if dtype is None else dtype
+    _check.integer(runs, "runs")
+    _check.integer(dim, "dim")
+    dtype = _check.float_dtype(dtype)
 
     def one(k):
         g = jax.random.normal(k, (2, dim), dtype)
@@ -186,7 +192,11 @@ def sphere(
     (every target 1), ``"gaussian"`` (N(0, 1) entries) or ``"signs"`` (uniform +-1)."""
     if targets not in ("ones", "gaussian", "signs"):
         raise ValueError(f"targets={targets!r}; allowed: ones, gaussian, signs.")
-    dtype = default_dtype() if dtype is None else dtype
+    _check.integer(n, "n")
+    _check.integer(dim, "dim")
+    _check.integer(d_out, "d_out")
+    _check.integer(runs, "runs", none=True)
+    dtype = _check.float_dtype(dtype)
 
     def one(k):
         kx, ky = jax.random.split(k)
@@ -219,9 +229,13 @@ def teacher_student(
     teacher's output itself (``labels="regression"``)."""
     if labels not in ("sign", "regression"):
         raise ValueError(f"labels={labels!r}; allowed: sign, regression.")
-    from .nets import MLP
+    from .nets import MLP, _check_widths
 
-    dtype = default_dtype() if dtype is None else dtype
+    _check.integer(n, "n")
+    _check.integer(dim, "dim")
+    _check_widths((dim, *teacher_widths))
+    _check.integer(runs, "runs", none=True)
+    dtype = _check.float_dtype(dtype)
     widths = (dim, *teacher_widths)
 
     def one(k):
@@ -251,8 +265,12 @@ def whitened_regression(
     (sum_i x_i x_i^T = I, needs n >= d_in) and ``Y = X A^T`` for a target map A (d_out, d_in) with
     the given singular values and random singular vectors. Then the input-output correlation
     sum_i y_i x_i^T equals A, which fixes the closed-form mode dynamics of a linear net."""
-    dtype = default_dtype() if dtype is None else dtype
-    s = jnp.asarray(singular_values, dtype)
+    _check.prng_key(key)
+    for field, v in (("n", n), ("d_in", d_in), ("d_out", d_out)):
+        _check.integer(v, field)
+    dtype = _check.float_dtype(dtype)
+    s = _check.real_array(singular_values, "singular_values", ndims=(1,)).astype(dtype)
+    _check.finite(s, "singular_values")
     r = s.shape[0]
     if n < d_in:
         raise ValueError(f"n={n} must be >= d_in={d_in} for whitened inputs.")
@@ -283,11 +301,16 @@ def matrix_completion(
     (cols, ..., rows) maps e_j to column j, so its end-to-end product estimates M. ``X`` is the
     (cols x cols) identity, ``Y = M^T`` and ``mask`` marks the observed entries (each kept with
     probability ``observed``)."""
+    _check.real(observed, "observed")
     if not (0 < observed <= 1):
         raise ValueError(f"observed={observed!r} must be in (0, 1].")
+    _check.integer(rows, "rows")
+    _check.integer(cols, "cols")
+    _check.integer(rank, "rank", lo=0)
     if not (1 <= rank <= min(rows, cols)):
         raise ValueError(f"rank={rank!r} must be between 1 and min(rows, cols).")
-    dtype = default_dtype() if dtype is None else dtype
+    _check.integer(runs, "runs", none=True)
+    dtype = _check.float_dtype(dtype)
 
     def one(k):
         ku, kv, km = jax.random.split(k, 3)

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from ._result import RawResult, final_status
-from .flow import check_problem, check_scalar, objective
+from .flow import _as_dtype, _check_start, check_problem, check_scalar, objective
 from .losses import LOSSES, check_reduction
 from .trajectory import Status, Trajectory
 
@@ -111,16 +111,33 @@ def gd(
     - ``optimizer``: a function ``lr -> optax.GradientTransformation``; default ``optax.sgd``.
     """
     check_problem(net, data)
+    _check_start(net)
+    data = _as_dtype(data, net.weights[0].dtype)
     LOSSES.check(loss, "loss")
     check_reduction(reduction)
     check_scalar(lr, "lr", positive=True)
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps={steps!r} must be a positive integer.")
+    if optimizer is not None and not callable(optimizer):
+        raise ValueError(
+            f"optimizer={optimizer!r} is not allowed; allowed: None or a function "
+            "lr -> optax.GradientTransformation.")
     if save_steps is None:
+        if isinstance(num_saves, bool) or not isinstance(num_saves, (int, np.integer)) \
+                or num_saves < 2:
+            raise ValueError(f"num_saves={num_saves!r} is not allowed; allowed: an integer >= 2.")
         save_steps = log_steps(int(steps), num_saves)
-    save_steps = np.asarray(save_steps, np.int64)
-    if save_steps.ndim != 1 or save_steps[0] != 0 or np.any(np.diff(save_steps) <= 0):
-        raise ValueError("save_steps must be increasing step counts starting at 0.")
+    raw = save_steps
+    try:
+        save_steps = np.asarray([] if isinstance(raw, (str, bytes)) else raw)
+    except (ValueError, TypeError):  # ragged lists
+        save_steps = np.asarray([])
+    if (save_steps.dtype.kind not in "iu" or save_steps.ndim != 1 or save_steps.size < 1
+            or save_steps[0] != 0 or np.any(np.diff(save_steps) <= 0)):
+        raise ValueError(
+            f"save_steps={raw!r} is not allowed; allowed: increasing integer step counts "
+            "starting at 0.")
+    save_steps = save_steps.astype(np.int64)
     if save_steps[-1] != steps:
         raise ValueError(f"save_steps must end at steps={steps}.")
     dtype = net.weights[0].dtype

@@ -13,7 +13,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from . import _exported
+from . import _check, _exported
 from ._result import RawResult, final_status, status_from_diffrax
 from .data import Dataset
 from .losses import LOSSES, check_reduction, loss_value
@@ -31,8 +31,8 @@ def register_solver(name: str, factory: Callable[[], diffrax.AbstractSolver]):
 def log_times(t1, num: int = 64, decades: float = 6.0):
     """Save times ``0`` followed by ``num - 1`` log-spaced times from ``t1 * 10**-decades`` to
     ``t1``. Works on traced ``t1``."""
-    if num < 2:
-        raise ValueError(f"num_saves={num!r} must be at least 2.")
+    _check_save_rule(num, decades)
+    check_scalar(t1, "t1", positive=True)
     t1 = jnp.asarray(t1)
     rest = t1 * jnp.logspace(-decades, 0.0, num - 1, dtype=t1.dtype)
     return jnp.concatenate([jnp.zeros((1,), t1.dtype), rest])
@@ -82,9 +82,15 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         return loss_of(unravel(theta), data)
 
     grad_fn = jax.grad(flat_loss)
+    # A run whose loss or gradient is already non-finite at t = 0 (an init so large that the
+    # loss overflows) would spend its whole step budget there, rejecting every step, and hold
+    # a vmapped batch up: its field is zero instead, so it crosses to t1 in a few steps, and
+    # ends as nonfinite at t_final = 0 below.
+    start_ok = jnp.isfinite(flat_loss(theta0, data)) & jnp.all(
+        jnp.isfinite(grad_fn(theta0, data)))
 
     def field(t, theta, data):
-        return -grad_fn(theta, data)
+        return jnp.where(start_ok, -grad_fn(theta, data), 0.0)
 
     def stopped(t, y, args, **kw):
         hit = jnp.zeros((), bool)
@@ -116,7 +122,7 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         throw=False,
     )
     ys_ts, ys_end = sol.ys
-    t_final = sol.ts[1][0]
+    t_final = jnp.where(start_ok, sol.ts[1][0], 0.0)
     # A slot at t0 is the initial state even when the solve stops before its first step;
     # unreached slots come back as inf: make them NaN.
     ys_ts = jnp.where((ts == 0)[:, None], theta0[None], ys_ts)
@@ -182,17 +188,54 @@ def check_scalar(x, field: str, *, positive: bool):
     """Check a scalar option in plain Python when its value is known (not traced)."""
     if isinstance(x, jax.core.Tracer):
         return
-    arr = np.asarray(x)
-    if arr.shape != () or not np.issubdtype(arr.dtype, np.number):
+    arr = np.asarray(x) if not isinstance(x, (str, bytes)) else np.asarray(None)
+    if arr.shape != () or arr.dtype.kind not in "iuf" or isinstance(x, (bool, np.bool_)):
         raise ValueError(f"{field}={x!r} must be a real scalar.")
     v = float(arr)
     if not math.isfinite(v) or (positive and v <= 0):
-        raise ValueError(f"{field}={x!r} must be a finite number > 0.")
+        raise ValueError(f"{field}={x!r} must be a finite number{' > 0' if positive else ''}.")
+
+
+def _check_save_rule(num_saves, decades) -> None:
+    """The default save times' options: ``num_saves`` an integer >= 2, ``decades`` a finite
+    number >= 0 (a negative one would put save times beyond t1)."""
+    if isinstance(num_saves, bool) or not isinstance(num_saves, (int, np.integer)) \
+            or num_saves < 2:
+        raise ValueError(
+            f"num_saves={num_saves!r} is not allowed; allowed: an integer >= 2.")
+    _check.real(decades, "decades", lo=0.0)
+
+
+def _check_start(net) -> None:
+    """Refuse non-finite initial weights and biases (a run cannot start there: it would spend
+    its whole step budget at t = 0), naming the runs."""
+    for field, arrays in (("weights", net.weights), ("biases", net.biases or ())):
+        for j, a in enumerate(arrays):
+            if isinstance(a, jax.core.Tracer):
+                continue
+            bad = ~np.isfinite(np.asarray(a))
+            if not bad.any():
+                continue
+            where = ""
+            if net.is_batched:
+                runs = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(1))
+                where = f" of runs {runs[:8].tolist()}{' ...' if len(runs) > 8 else ''}"
+            raise ValueError(
+                f"net.{field}[{j}]{where} contains non-finite values (NaN or inf); the initial "
+                "weights must be finite.")
 
 
 def _as_array(x, dtype):
     # An explicit dtype also drops JAX's weak type, which would otherwise retrace.
     return jnp.asarray(x, dtype) if isinstance(x, jax.Array) else np.asarray(x, dtype=dtype)
+
+
+def _as_dtype(data: Dataset, dtype) -> Dataset:
+    """The data in the net's dtype (the one rule for mixed precision: a run computes in the
+    dtype of its net's weights; float64 data for a float32 net is rounded to float32)."""
+    if data.X.dtype == dtype:
+        return data
+    return jax.tree_util.tree_map(lambda a: a.astype(dtype), data)
 
 
 def _check_flag(value, field: str) -> bool:
@@ -302,6 +345,8 @@ def simulate(
     **Returns:** a :class:`gfsim.Trajectory`.
     """
     check_problem(net, data)
+    _check_start(net)
+    data = _as_dtype(data, net.weights[0].dtype)
     LOSSES.check(loss, "loss")
     check_reduction(reduction)
     check_scalar(t1, "t1", positive=True)
@@ -314,8 +359,7 @@ def simulate(
         check_scalar(stop_grad, "stop_grad", positive=True)
     method = resolve_method(method, net.activation_fn, solver=solver, max_steps=max_steps,
                             max_sliding=max_sliding, lanes=lanes, adjoint=adjoint)
-    if not isinstance(num_saves, int) or num_saves < 2:
-        raise ValueError(f"num_saves={num_saves!r} must be an integer >= 2.")
+    _check_save_rule(num_saves, decades)
     runs = net.runs or data.runs or 1
     if isinstance(method, Events):
         if not net.activation_fn.has_kink:
@@ -332,7 +376,9 @@ def simulate(
         0.0 if stop_grad is None else stop_grad))
     atol = rtol * 1e-3 if atol is None else _as_array(atol, dtype)
     if ts is not None:
+        _check.real_array(ts, "ts")
         ts = _as_array(ts, dtype)
+        _check.finite(ts, "ts")
         if ts.ndim != 1 or ts.shape[0] < 1:
             raise ValueError(f"ts must be a 1-D array of save times; got shape {ts.shape}.")
         if not isinstance(ts, jax.core.Tracer) and not isinstance(t1, jax.core.Tracer):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._config import default_dtype
+from . import _check
 from ._registry import Registry
 
 # Activations live in gfsim.activations (re-exported here: nets.ACTIVATIONS, register_activation).
@@ -137,17 +137,36 @@ def disk_init(key, widths, scale, dtype):
 
 
 def _check_widths(widths) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in widths)
-    except TypeError:
-        raise ValueError(
-            f"widths={widths!r} must be a sequence of positive layer sizes (d_in, ..., d_out)."
-        ) from None
+    allowed = "a sequence of at least two positive integers (d_in, ..., d_out)"
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        raise ValueError(f"widths={widths!r} is not allowed; allowed: {allowed}.")
+    widths = tuple(widths)
+    for w in widths:
+        integral = isinstance(w, (int, np.integer)) or (
+            isinstance(w, (np.ndarray, jax.Array)) and w.shape == () and w.dtype.kind in "iu")
+        if not integral or isinstance(w, (bool, np.bool_)):
+            raise ValueError(
+                f"widths={widths!r} is not allowed: {w!r} is not an integer; allowed: {allowed}.")
+    widths = tuple(int(w) for w in widths)
     if len(widths) < 2 or any(w < 1 for w in widths):
-        raise ValueError(
-            f"widths={widths!r} must list at least two positive layer sizes (d_in, ..., d_out)."
-        )
+        raise ValueError(f"widths={widths!r} is not allowed; allowed: {allowed}.")
     return widths
+
+
+def _check_layers(arrays, field: str):
+    """Given weight (or bias) arrays as real JAX arrays of one floating dtype: integer and
+    boolean input becomes the default float dtype; complex, string or object input raises."""
+    if isinstance(arrays, (str, bytes, np.ndarray, jax.Array)) or not hasattr(arrays, "__iter__"):
+        raise ValueError(
+            f"{field}={_check._show(arrays)} is not allowed; allowed: a list of arrays, one per "
+            "layer.")
+    out = tuple(_check.real_array(a, f"{field}[{j}]") for j, a in enumerate(arrays))
+    dtypes = sorted({str(a.dtype) for a in out})
+    if len(dtypes) > 1:
+        raise TypeError(
+            f"{field} mix dtypes {dtypes}; allowed: one floating dtype for the whole net "
+            "(cast them, e.g. [w.astype(jnp.float64) for w in ...]).")
+    return out
 
 
 class MLP(eqx.Module):
@@ -192,20 +211,23 @@ class MLP(eqx.Module):
     ):
         ACTIVATIONS.check(activation, "activation")
         self.activation = activation
+        _check.real(negative_slope, "negative_slope")
         self.negative_slope = float(negative_slope)
         if weights is not None:
-            self.weights = tuple(jnp.asarray(w) for w in weights)
-            self.biases = None if biases is None else tuple(jnp.asarray(b) for b in biases)
+            self.weights = _check_layers(weights, "weights")
+            self.biases = None if biases is None else _check_layers(biases, "biases")
             return
         widths = _check_widths(widths)
         init_fn = INITS.get(init, "init")
         if key is None:
             raise ValueError("key must be a JAX PRNG key (e.g. jax.random.key(0)) to initialise.")
-        if scale is not None and not (isinstance(scale, (int, float, np.number)) and scale >= 0):
-            raise ValueError(f"scale={scale!r} must be a non-negative number.")
-        if runs is not None and (not isinstance(runs, (int, np.integer)) or runs < 1):
-            raise ValueError(f"runs={runs!r} must be a positive integer or None.")
-        dtype = default_dtype() if dtype is None else dtype
+        _check.prng_key(key)
+        if scale is not None:
+            _check.real(scale, "scale", lo=0.0)
+        runs = _check.integer(runs, "runs", none=True)
+        if not isinstance(bias, (bool, np.bool_)):
+            raise ValueError(f"bias={bias!r} is not allowed; allowed: True or False.")
+        dtype = _check.float_dtype(dtype)
 
         def make(k):
             return tuple(init_fn(k, widths, scale, dtype))
@@ -224,6 +246,10 @@ class MLP(eqx.Module):
         ws = self.weights
         if len(ws) < 1:
             raise ValueError("weights must hold at least one matrix.")
+        if any(0 in w.shape for w in ws):
+            raise ValueError(
+                f"weights have shapes {[tuple(w.shape) for w in ws]}; allowed: no empty axis "
+                "(every width and the run count >= 1).")
         nd = {w.ndim for w in ws}
         if nd not in ({2}, {3}):
             raise ValueError(
@@ -284,6 +310,7 @@ class MLP(eqx.Module):
         """Select runs of a batch (``net[3]``, ``net[:8]``)."""
         if not self.is_batched:
             raise TypeError("Only a batch of nets (leading run axis) can be indexed.")
+        index = _check.run_index(index, self.runs, "a batch of nets")
         return jax.tree_util.tree_map(lambda a: a[index], self)
 
     # -- evaluation ----------------------------------------------------------------------------

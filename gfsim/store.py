@@ -110,6 +110,12 @@ def to_xarray(traj, *, save_weights: bool = False, **coords):
     **Returns:** an ``xarray.Dataset`` whose ``run`` dim is indexed by ``run_id`` and the
     coordinates (a MultiIndex: ``ds.sel(depth=4)``, ``ds.sel(run_id=3)``).
     """
+    from .trajectory import Trajectory
+
+    if not isinstance(traj, Trajectory):
+        raise ValueError(
+            f"traj={type(traj).__name__} is not allowed; allowed: a gfsim.Trajectory (what "
+            "gfsim.simulate or gfsim.gd returns).")
     import xarray as xr
 
     batched = traj.is_batched
@@ -240,12 +246,35 @@ def save(traj, path: str | os.PathLike, *, save_weights: bool = False, **coords)
 # Reading
 
 
+MANIFEST_KEYS = ("format", "spec", "spec_hash", "runs_total", "shapes", "batches")
+
+
 def read_manifest(path) -> dict | None:
+    """A sweep store's manifest, None if ``path`` has none; ValueError if it is unreadable
+    (truncated, corrupted) or written in another store format (another gfsim version)."""
+    from .sweep._spec import FORMAT
+
     f = os.path.join(os.fspath(path), MANIFEST)
     if not os.path.exists(f):
         return None
-    with open(f) as fh:
-        return json.load(fh)
+    try:
+        with open(f) as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"{f!r} is unreadable ({type(e).__name__}: {e}); allowed: the manifest gfsim sweep "
+            "wrote (truncated or edited? the batches under batches/ are intact: rerun the spec "
+            "into a new --out, or restore the file).") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(
+            f"{f!r} has format {found!r}; allowed: {FORMAT!r} (a store written by another "
+            "gfsim version: read it with that version, or rerun the spec).")
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise ValueError(f"{f!r} lacks {', '.join(missing)}; allowed: the manifest gfsim sweep "
+                         "wrote (truncated or edited?).")
+    return manifest
 
 
 def batch_path(store, batch_id: str) -> str:
@@ -272,8 +301,15 @@ def _open(path: str):
     import xarray as xr
 
     _refuse_code(path)
-    with xr.open_zarr(path, consolidated=None, decode_times=False) as ds:
-        return ds.load()
+    try:
+        with xr.open_zarr(path, consolidated=None, decode_times=False) as ds:
+            return ds.load()
+    except Exception as e:  # noqa: BLE001 - any reader failure is a damaged directory
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(
+            f"{path!r} is unreadable ({type(e).__name__}: {first[:200]}); allowed: a complete "
+            "zarr directory (in a sweep store, delete this batch and run gfsim sweep --resume "
+            "to redo it).") from None
 
 
 def _pad_to(ds, sizes: dict):

@@ -107,6 +107,10 @@ class Trajectory(eqx.Module):
             raise TypeError("Only a batched Trajectory can be indexed by run.")
         import jax
 
+        from ._check import run_index
+
+        index = run_index(index, self.runs, "a batched Trajectory")
+
         # the batch-wide fields (save times, loop iterations) are kept as they are
         keep = (self.ts, self.loop_steps)
         bare = eqx.tree_at(lambda t: (t.ts, t.loop_steps), self, (None, None),

@@ -313,12 +313,13 @@ def test_unknown_init_lists_allowed_names():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(widths=(3,)), "at least two positive layer sizes"),
-        (dict(widths=(3, 0, 1)), "at least two positive layer sizes"),
-        (dict(widths=5), "sequence of positive layer sizes"),
+        (dict(widths=(3,)), r"widths=\(3,\).*at least two positive integers"),
+        (dict(widths=(3, 0, 1)), "at least two positive integers"),
+        (dict(widths=5), "widths=5 is not allowed.*sequence of at least two positive integers"),
         (dict(widths=(3, 2), key=None), "key must be a JAX PRNG key"),
-        (dict(widths=(3, 2), scale=-1.0), "scale=-1.0 must be a non-negative number"),
-        (dict(widths=(3, 2), runs=0), "runs=0 must be a positive integer"),
+        (dict(widths=(3, 2), scale=-1.0), "scale=-1.0 is not allowed; allowed: a finite real "
+                                          "number >= 0"),
+        (dict(widths=(3, 2), runs=0), "runs=0 is not allowed; allowed: an integer >= 1"),
     ],
 )
 def test_constructor_argument_errors(kwargs, match):

@@ -13,7 +13,9 @@ import glob
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -77,9 +79,36 @@ def _manifest(spec: Spec, p: Plan) -> dict:
     }
 
 
-def open_store(spec: Spec, store, *, resume: bool) -> tuple[dict, Plan]:
+LOCK = ".lock"
+
+
+def lock_store(store: str):
+    """Hold the store's write lock (``fcntl.flock`` on ``STORE/.lock``, released when the
+    process ends, however it ends) or raise ValueError if another sweep holds it. Returns the
+    open lock file; closing it releases the lock."""
+    import fcntl
+
+    f = open(os.path.join(store, LOCK), "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise ValueError(
+            f"--out {store!r} is being written by another gfsim sweep (pid {holder}); allowed: "
+            "wait for it to finish (then --resume), or a new --out.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def open_store(spec: Spec, store, *, resume: bool) -> tuple[dict, Plan, object]:
     """Create the store (atomically: the skeleton is renamed into place) or, with ``resume``,
-    check an existing one against ``spec``. Returns its manifest and plan."""
+    check an existing one against ``spec``, and take its write lock (:func:`lock_store`).
+    Returns its manifest, plan and the held lock."""
     store = os.fspath(store)
     exists = os.path.exists(store) and not (os.path.isdir(store) and not os.listdir(store))
     if exists:
@@ -98,22 +127,36 @@ def open_store(spec: Spec, store, *, resume: bool) -> tuple[dict, Plan]:
                 f"{manifest.get('spec_hash', '?')[:12]}, this spec {spec.digest()[:12]}); "
                 "allowed: the same spec, or a new --out."
             )
+        # before removing what a killed writer left: a live writer's .tmp-* are not garbage
+        lock = lock_store(store)
         for tmp in glob.glob(os.path.join(store, gstore.BATCHES, ".tmp-*")):
             shutil.rmtree(tmp, ignore_errors=True)
         p = Plan.from_json(manifest["batches"], manifest["shapes"], manifest["runs_total"])
-        return manifest, p
+        return manifest, p, lock
     p = plan(spec)
     manifest = _manifest(spec, p)
     parent, base = os.path.split(os.path.abspath(store))
-    os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".tmp-{base}-{uuid.uuid4().hex}")
-    os.makedirs(os.path.join(tmp, gstore.BATCHES))
-    os.makedirs(os.path.join(tmp, gstore.ERRORS))
-    gstore.write_json_atomic(manifest, os.path.join(tmp, gstore.MANIFEST))
-    if os.path.isdir(store):
-        os.rmdir(store)
-    os.replace(tmp, store)
-    return manifest, p
+    try:
+        os.makedirs(parent, exist_ok=True)
+        os.makedirs(os.path.join(tmp, gstore.BATCHES))
+        os.makedirs(os.path.join(tmp, gstore.ERRORS))
+        gstore.write_json_atomic(manifest, os.path.join(tmp, gstore.MANIFEST))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(
+            f"--out {store!r} cannot be created ({e.strerror or e}); allowed: a path in a "
+            "writable directory with free space.") from None
+    try:
+        if os.path.isdir(store):
+            os.rmdir(store)
+        os.replace(tmp, store)
+    except OSError:  # another sweep created it in the meantime
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(
+            f"--out {store!r} was just created by another gfsim sweep; allowed: a new path, "
+            "or --resume once it is done.") from None
+    return manifest, p, lock_store(store)
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
@@ -144,14 +187,23 @@ def sweep(spec: Spec, store, *, backend: str = "local", resume: bool = False,
     - ``address``: the Ray cluster's address (default: ``"auto"``, the local cluster).
 
     **Returns:** a summary dict: ``runs_total``, ``runs_done``, ``failed`` (runs whose status
-    is a failure), ``batch_errors`` (batch id -> message), ``wall_time``.
+    is a failure), ``batch_errors`` (batch id -> message), ``interrupted`` (the signal number
+    of a SIGINT/SIGTERM that stopped a local sweep at a batch boundary, else None: resume it),
+    ``wall_time``.
     """
     if backend not in ("local", "ray"):
         raise ValueError(f"backend={backend!r} is not allowed; allowed: local, ray.")
     start = time.perf_counter()
     store = os.path.abspath(os.fspath(store))
     ray = _connect_ray(address) if backend == "ray" else None  # before any store exists
-    manifest, p = open_store(spec, store, resume=resume)
+    manifest, p, lock = open_store(spec, store, resume=resume)
+    try:
+        return _sweep_locked(spec, store, manifest, p, backend, ray, progress, start)
+    finally:
+        lock.close()
+
+
+def _sweep_locked(spec, store, manifest, p, backend, ray, progress, start) -> dict:
     runs = spec.runs()
     done = set(gstore.committed_batches(store, manifest))
     pending = [b for b in p.batches if b.id not in done]
@@ -173,18 +225,41 @@ def sweep(spec: Spec, store, *, backend: str = "local", resume: bool = False,
         bar.set_postfix(failed=summary["failed"], batch_errors=len(summary["batch_errors"]),
                         refresh=False)
 
+    stop: dict = {"signal": None}
+    restore = _stop_on_signals(stop) if backend == "local" else {}
     try:
         if backend == "local":
-            _run_local(pending, args, finished)
+            _run_local(pending, args, finished, stop)
         else:
             _run_ray(ray, pending, args, finished)
     finally:
         bar.close()
+        for sig, handler in restore.items():
+            signal.signal(sig, handler)
+    summary["interrupted"] = stop["signal"]
     summary["wall_time"] = time.perf_counter() - start
     return summary
 
 
-def _run_local(pending, args, finished):
+def _stop_on_signals(stop: dict) -> dict:
+    """SIGINT and SIGTERM end the sweep at the next batch boundary: the batch being solved is
+    finished and committed, no new one starts (``stop["signal"]`` records which signal). A
+    second signal interrupts at once (KeyboardInterrupt); committed batches stay whole either
+    way. Only in the main thread (Python delivers signals there). Returns the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def on_signal(signum, frame):
+        if stop["signal"] is not None:
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        print(f"gfsim sweep: {signal.Signals(signum).name}: stopping after the current batch "
+              "(again to stop now)", file=sys.stderr, flush=True)
+
+    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _run_local(pending, args, finished, stop=None):
     """Solve batch after batch in this process; each batch is written (and committed) by a
     writer thread while the next one is solved, so store writes overlap compiled compute."""
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -200,6 +275,8 @@ def _run_local(pending, args, finished):
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gfsim-store") as writer:
         inflight = None
         for b in pending:
+            if stop is not None and stop["signal"] is not None:
+                break
             store, batch_id, _, run_ids = args[b.id][:4]
             try:
                 ds = _solve(*args[b.id])
