@@ -54,3 +54,19 @@ def test_gd_with_a_huge_step_size_ends_nonfinite():
     assert list(tr.status_labels()) == ["nonfinite", "nonfinite"]
     ok = gfsim.gd(nets, DATA, 1e-2, 20, num_saves=3)   # same program, sane lr
     assert list(ok.status_labels()) == ["reached_t1", "reached_t1"]
+
+
+def test_event_solver_overflowing_start_is_done_at_once():
+    """The same under method="events" (ReLU): the run whose loss overflows at t = 0 ends
+    nonfinite with no step taken, the other runs of the batch are as if alone."""
+    w = [np.array(a) for a in gfsim.MLP((2, 3, 1), key=KEY, runs=2).weights]
+    for a in w:
+        a[0] *= 1e200
+    nets = gfsim.MLP.from_weights(w)
+    tr = gfsim.simulate(nets, DATA, 5.0, num_saves=4, max_steps=2000)
+    alone = gfsim.simulate(nets[1:], DATA, 5.0, num_saves=4, max_steps=2000)
+    assert tr.status_labels().tolist() == ["nonfinite", "reached_t1"]
+    assert int(tr.num_steps[0]) == 0 and float(tr.t_final[0]) == 0.0
+    assert int(tr.num_steps[1]) == int(alone.num_steps[0])
+    np.testing.assert_allclose(np.asarray(tr.final_loss[1]), np.asarray(alone.final_loss[0]),
+                               rtol=1e-10)

@@ -106,9 +106,13 @@ def start_lanes(setup: Setup, theta0, data) -> Lanes:
         values = _functions.values(m, d, theta, on, held, 0)
         term = diffrax.ODETerm(lambda t, y, a: _sliding.field(m, d, y, on, held, 0)[0])
         h0, cstate = _control.initial_step(setup, term, theta, d)
-        return on, values, h0, cstate
+        # a start whose loss or gradient is not finite (an overflowing init) is done at once:
+        # it would reject every step at t = 0 until the budget ran out, holding the batch up
+        finite = jnp.isfinite(m.true_loss(theta, d)) & jnp.all(
+            jnp.isfinite(_sliding.field(m, d, theta, on, held, 0)[0]))
+        return on, values, h0, cstate, finite
 
-    on0, E, h0, cstate0 = jax.vmap(one)(theta0, data)
+    on0, E, h0, cstate0, finite0 = jax.vmap(one)(theta0, data)
     E0, Eoff0 = _functions.rebase(E)
     zeros = jnp.zeros((B,), jnp.int32)
     S0 = jnp.sum(setup.ts <= 0).astype(jnp.int32)
@@ -124,8 +128,9 @@ def start_lanes(setup: Setup, theta0, data) -> Lanes:
         event_offsets=Eoff0,
         jump=jnp.ones((B,), bool),
         first_stage=jax.vmap(lambda th: setup.solver.init(dummy, 0.0, 1.0, th, None))(theta0),
-        done=jnp.zeros((B,), bool),
-        status=zeros + int(Status.REACHED_T1),
+        done=~finite0,
+        status=jnp.where(finite0, int(Status.REACHED_T1), int(Status.NONFINITE)).astype(
+            jnp.int32),
         steps=zeros,
         accepted=zeros,
         rejected=zeros,
