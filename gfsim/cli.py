@@ -32,7 +32,7 @@ def reproduce(profile, out, only, no_progress, workers):
         results = run(out, profile=profile, experiments=list(only) or None,
                       progress=not no_progress, workers=workers)
     except ValueError as e:
-        raise click.UsageError(str(e)) from None
+        _usage_error("reproduce", e)
     for r in results:
         for c in r.claims:
             click.echo(f"[{c.verdict}] {r.name}: {c.claim}")

@@ -53,6 +53,7 @@ def test_cli_rejects_unknown_experiment(tmp_path):
     assert r.exit_code == 2
     assert "experiment='nope' is not a known experiment; allowed: " in r.output
     assert "negative" in r.output.split("allowed:")[1]
+    assert len(r.output.strip().splitlines()) == 1  # one line, not click's usage block
 
 
 def test_cli_rejects_unwritable_out(tmp_path):
