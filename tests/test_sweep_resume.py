@@ -47,6 +47,31 @@ def env():
     return e
 
 
+def start_sweep_after_reference(tmp_path, spec_text, out_name, stdout=subprocess.DEVNULL):
+    """Write the spec, run it in this process into ``ref`` (which also warms the compilation
+    cache for the subprocess), start the same sweep as a real subprocess into ``out_name`` and
+    wait until it has committed its first batch. Returns (spec file, spec, ref, out, process)."""
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text(spec_text)
+    spec = load_spec(spec_file)
+    ref = tmp_path / "ref"
+    sweep(spec, ref, progress=False)
+    out = tmp_path / out_name
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gfsim.cli", "sweep", str(spec_file), "--out", str(out),
+         "--no-progress"], env=env(), stdout=stdout, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while not glob.glob(str(out / "batches" / "*.zarr")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no batch committed in 120 s"
+            time.sleep(0.002)
+    except BaseException:
+        proc.kill()
+        raise
+    return spec_file, spec, ref, out, proc
+
+
 def assert_same_store(a, b):
     a, b = gfsim.store.flat(gfsim.load(a)), gfsim.store.flat(gfsim.load(b))
     np.testing.assert_array_equal(a["run_id"].values, b["run_id"].values)
@@ -55,22 +80,8 @@ def assert_same_store(a, b):
 
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
-    spec_file = tmp_path / "s.toml"
-    spec_file.write_text(SPEC)
-    spec = load_spec(spec_file)
-    ref = tmp_path / "ref"
-    sweep(spec, ref, progress=False)  # also warms the compilation cache for the subprocess
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gfsim.cli", "sweep", str(spec_file), "--out", str(killed),
-         "--no-progress"], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    spec_file, spec, ref, killed, proc = start_sweep_after_reference(tmp_path, SPEC, "killed")
     try:
-        deadline = time.monotonic() + 120
-        while not glob.glob(str(killed / "batches" / "*.zarr")):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no batch committed in 120 s"
-            time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
