@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _check, _exported
+from . import methods as _methods
 from ._result import RawResult, final_status, status_from_diffrax
 from .data import Dataset
 from .losses import LOSSES, check_reduction, loss_value
 from .methods import SOLVERS, AbstractMethod, Events, resolve_method
 from .methods import resolve_solver as resolve_solver  # noqa: F401  (gfsim.flow's old name)
 from .nets import MLP
-from .trajectory import Trajectory
+from .trajectory import Status, Trajectory
 
 
 def register_solver(name: str, factory: Callable[[], diffrax.AbstractSolver]):
@@ -284,7 +285,7 @@ def simulate(
     stop_grad=None,
     max_steps: int = 100_000,
     method="auto",
-    max_sliding: int = 16,
+    max_sliding: int | None = None,
     lanes: int | None = None,
     adjoint="reverse",
     progress: bool = False,
@@ -323,8 +324,11 @@ def simulate(
       :class:`gfsim.methods.Plain`, which carries its own solver, budget and adjoint (giving
       ``solver``, ``max_steps``, ``max_sliding``, ``lanes`` or ``adjoint`` here too is an
       error).
-    - ``max_sliding``: how many (unit, point) pairs may slide at once under ``"events"``; a run
-      that needs more ends with status ``sliding_capacity``. Costs grow with it.
+    - ``max_sliding``: under ``"events"``, the room for held (sliding) pairs below the first
+      hidden layer (first-layer pairs need none). ``None`` (the default): 16, and a run that
+      needs more is rerun with four times as much until it fits (``Trajectory.max_sliding``
+      says what each run had); an integer fixes it, and a run that needs more ends with status
+      ``sliding_capacity``. See :class:`gfsim.methods.Events`.
     - ``lanes``: under ``"events"``, how many runs of a batch the loop advances at once (None,
       the default: all). With fewer lanes than runs, a lane whose run is done takes the next
       pending run, so lanes do not idle while the longest run finishes (the lockstep waste of a
@@ -398,19 +402,74 @@ def simulate(
         data_batched=data.is_batched,
         progress=_check_flag(progress, "progress"),
     )
-    # a stored export of this solve's traced program, when one applies (see gfsim._exported)
-    stops = (stop, stop_g)
-    res = _exported.cached_call(_run, (net, data, t1, ts, rtol, atol, stops), cfg)
-    ts, raw = res if res is not None else _run(net, data, t1, ts, rtol, atol, stops, cfg)
-    events = isinstance(method, Events)
-    return RawResult(**raw).trajectory(
-        ts,
-        loss_name=loss,
-        reduction=reduction,
-        activation=net.activation,
-        method=method.label(),
-        lanes=(method.lanes or runs) if events else None,
-    )
+    def call(net, data, cfg):
+        # a stored export of this solve's traced program, when one applies (gfsim._exported)
+        args = (net, data, t1, ts, rtol, atol, (stop, stop_g))
+        res = _exported.cached_call(_run, args, cfg)
+        ts_, raw = res if res is not None else _run(*args, cfg)
+        events = isinstance(cfg.method, Events)
+        runs_ = net.runs or data.runs or 1
+        traj = RawResult(**raw).trajectory(
+            ts_,
+            loss_name=loss,
+            reduction=reduction,
+            activation=net.activation,
+            method=cfg.method.label(),
+            lanes=(cfg.method.lanes or runs_) if events else None,
+        )
+        if events:
+            room = cfg.method.max_sliding or _methods.SLIDING_START
+            traj = eqx.tree_at(lambda t: t.max_sliding, traj,
+                               jnp.full(traj.status.shape, room, jnp.int32),
+                               is_leaf=lambda x: x is None)
+        return traj
+
+    traj = call(net, data, cfg)
+    if isinstance(method, Events) and method.max_sliding is None:
+        traj = _rerun_for_room(traj, net, data, cfg, call)
+    return traj
+
+
+def _rerun_for_room(traj, net, data, cfg, call):
+    """Under ``max_sliding=None``: rerun the runs that ended ``sliding_capacity`` with four times
+    the room, until each fits or has room for every pair below the first hidden layer. (Inside
+    a trace the outcome is not known: the call keeps its starting room.)"""
+    if isinstance(traj.status, jax.core.Tracer):
+        return traj
+    points = data.X.shape[-2]
+    most = points * sum(w.shape[-2] for w in net.weights[1:-1])  # pairs below the first layer
+    room = _methods.SLIDING_START
+    while room < most:
+        over = np.atleast_1d(np.asarray(traj.status)) == Status.SLIDING_CAPACITY
+        if not over.any():
+            break
+        room = min(4 * room, most)
+        method = dataclasses.replace(cfg.method, max_sliding=room)
+        if not traj.is_batched:
+            loops = traj.loop_steps
+            traj = call(net, data, dataclasses.replace(cfg, method=method))
+            traj = eqx.tree_at(lambda t: t.loop_steps, traj, traj.loop_steps + loops)
+            continue
+        rows = np.flatnonzero(over)
+        pick = lambda tree, batched, rows=rows: (jax.tree_util.tree_map(  # noqa: E731
+            lambda a: a[rows], tree) if batched else tree)
+        sub_net, sub_data = pick(net, cfg.net_batched), pick(data, cfg.data_batched)
+        if method.lanes is not None and method.lanes >= rows.size:
+            method = dataclasses.replace(method, lanes=None)
+        sub = call(sub_net, sub_data, dataclasses.replace(cfg, method=method))
+        traj = _merge_runs(traj, rows, sub)
+    return traj
+
+
+def _merge_runs(traj, rows, sub):
+    """``traj`` with its runs ``rows`` replaced by the runs of ``sub`` (the batch-wide fields:
+    the save times kept, the loop iterations added up)."""
+    keep = lambda t: (t.ts, t.loop_steps)  # noqa: E731
+    bare = lambda t: eqx.tree_at(keep, t, (None, None), is_leaf=lambda x: x is None)  # noqa: E731
+    sub = dataclasses.replace(sub, lanes=traj.lanes)  # (static: the batch's own count)
+    merged = jax.tree_util.tree_map(lambda a, b: a.at[rows].set(b), bare(traj), bare(sub))
+    loops = traj.loop_steps + sub.loop_steps
+    return eqx.tree_at(keep, merged, (traj.ts, loops), is_leaf=lambda x: x is None)
 
 
 def grid(nets: MLP, datasets: Dataset) -> tuple[MLP, Dataset]:

@@ -118,8 +118,13 @@ class Events(AbstractMethod):
 
     - ``solver``: an explicit Runge-Kutta solver (default ``"tsit5"``).
     - ``max_steps``: the step budget per run (default 100,000).
-    - ``max_sliding``: how many (unit, point) pairs may slide at once (default 16); a run that
-      needs more ends with status ``sliding_capacity``. Costs grow with it.
+    - ``max_sliding``: how many (unit, point) pairs BELOW THE FIRST HIDDEN LAYER may slide at
+      once (their projection costs a backward pass each). ``None`` (the default): start with
+      :data:`SLIDING_START` and, for a run that needs more, rerun it with four times as many
+      (up to every such pair) until it fits; the room each run had is recorded in
+      :attr:`gfsim.Trajectory.max_sliding`. An integer fixes it: a run that needs more ends with
+      status ``sliding_capacity``. First-layer pairs need no room: their projection is solved
+      unit by unit (docs/nonsmooth.md), so a depth-2 net never runs out, whatever ``n``.
     - ``lanes``: how many runs of a batch the loop advances at once (None, the default: all);
       with fewer lanes than runs a lane whose run is done takes the next pending run.
     - ``controller``: as for :class:`Plain` (the same controller rule under both methods).
@@ -127,16 +132,16 @@ class Events(AbstractMethod):
       ``"forward"`` (a plain loop, for ``jax.jvp`` / ``jax.jacfwd``; reverse mode then fails).
     """
 
-    max_sliding: int = eqx.field(static=True)
+    max_sliding: int | None = eqx.field(static=True)
     lanes: int | None = eqx.field(static=True)
 
-    def __init__(self, solver="tsit5", max_steps: int = 100_000, max_sliding: int = 16,
+    def __init__(self, solver="tsit5", max_steps: int = 100_000, max_sliding: int | None = None,
                  lanes: int | None = None, controller=None, adjoint="reverse"):
         self.solver = resolve_solver(solver)
         self.controller = _check_controller(controller)
         self.adjoint = resolve_adjoint(adjoint)
         self.max_steps = _positive_int(max_steps, "max_steps")
-        self.max_sliding = _positive_int(max_sliding, "max_sliding")
+        self.max_sliding = _positive_int(max_sliding, "max_sliding", none=True)
         self.lanes = _positive_int(lanes, "lanes", none=True)
 
     def __check_init__(self):
@@ -161,8 +166,12 @@ class Events(AbstractMethod):
 
 METHOD_NAMES = ("auto", "events", "plain")
 
+# Under ``max_sliding=None``: the room for deeper held pairs a run starts with; a run that needs
+# more is rerun with four times as much.
+SLIDING_START = 16
 
-def resolve_method(method, activation, *, solver="tsit5", max_steps=100_000, max_sliding=16,
+
+def resolve_method(method, activation, *, solver="tsit5", max_steps=100_000, max_sliding=None,
                    lanes=None, adjoint="reverse") -> AbstractMethod:
     """The method object for ``simulate(..., method=...)``: a string (``"auto"``: events for an
     activation with a kink, plain otherwise) with the other options, or a method object as it
@@ -170,7 +179,7 @@ def resolve_method(method, activation, *, solver="tsit5", max_steps=100_000, max
     if isinstance(method, AbstractMethod):
         given = dict(solver=solver, max_steps=max_steps, max_sliding=max_sliding, lanes=lanes,
                      adjoint=adjoint)
-        default = dict(solver="tsit5", max_steps=100_000, max_sliding=16, lanes=None,
+        default = dict(solver="tsit5", max_steps=100_000, max_sliding=None, lanes=None,
                        adjoint="reverse")
         clash = [k for k in given if given[k] is not default[k] and given[k] != default[k]]
         if clash:
@@ -186,7 +195,7 @@ def resolve_method(method, activation, *, solver="tsit5", max_steps=100_000, max
     # every option is checked, whichever method it applies to
     solver = resolve_solver(solver)
     max_steps = _positive_int(max_steps, "max_steps")
-    max_sliding = _positive_int(max_sliding, "max_sliding")
+    max_sliding = _positive_int(max_sliding, "max_sliding", none=True)
     lanes = _positive_int(lanes, "lanes", none=True)
     adjoint = resolve_adjoint(adjoint)
     if method == "auto":

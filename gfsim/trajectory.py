@@ -71,6 +71,7 @@ class Trajectory(eqx.Module):
     num_slides: Int[Array, "*runs"] | None = None
     sliding: tuple[Array, ...] | None = None
     loop_steps: Int[Array, ""] | None = None
+    max_sliding: Int[Array, "*runs"] | None = None
     lanes: int | None = eqx.field(static=True, default=None)
 
     @property

@@ -3,6 +3,7 @@ independent: a brute-force root search, a hand-solved kink, a dense least-square
 Diffrax's own solve on a flow that never reaches a kink."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,28 +92,66 @@ def test_decide_a_single_unit_at_its_kink_by_hand(target, expect_slide):
 
 # -- the sliding projection ------------------------------------------------------------------------
 
-def test_sliding_field_is_the_least_squares_projection_and_keeps_held_pairs_on_their_kinks():
+@pytest.mark.parametrize("widths, bias, held_at", [
+    ((3, 4, 2), False, [2, 7, 13]),  # depth 2: first-layer pairs only (the per-unit blocks)
+    ((3, 4, 2), True, [1, 5, 9, 17]),  # ... two of unit 1's points held, with biases
+    ((3, 4, 3, 2), False, [2, 7, 12, 13, 20]),  # depth 3: first-layer and deeper pairs mixed
+    ((3, 4, 3, 2), True, [4, 6, 11, 25, 30]),
+])
+def test_sliding_field_is_the_least_squares_projection_and_keeps_held_pairs_on_their_kinks(
+        widths, bias, held_at):
     k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
-    net = gfsim.MLP((3, 4, 2), key=k1)
+    net = gfsim.MLP(widths, key=k1, bias=bias)
+    if bias:  # nonzero biases, so their columns of J matter
+        net = eqx.tree_at(lambda n: n.biases, net, tuple(
+            0.3 * jax.random.normal(jax.random.key(i), b.shape) for i, b in enumerate(net.biases)))
     data = gfsim.Dataset(jax.random.normal(k2, (5, 3)), jax.random.normal(k3, (5, 2)))
     model = FrozenPattern(net, "square", "sum")
     theta = flatten(net)[0]
-    z = model.zflat(theta, data, jnp.ones((5, 4)))
+    z = model.zflat(theta, data, jnp.ones((5, model.hsum)))
     on = z > 0
-    held = jnp.zeros_like(on).at[jnp.array([2, 7, 13])].set(True)
+    held = jnp.zeros_like(on).at[jnp.array(held_at)].set(True)
     F, lam = _sliding.field(model, data, theta, on, held, 4)
     # independent: the dense Jacobian of the held pre-activations and numpy's least squares
     D = model.slopes(on, held)
     J = np.asarray(jax.jacobian(lambda th: model.zflat(th, data, D))(theta))[np.asarray(held)]
     g = np.asarray(jax.grad(model.loss)(theta, data, D))
     m, *_ = np.linalg.lstsq(J.T, -g, rcond=None)
-    np.testing.assert_allclose(np.asarray(F), -g - J.T @ m, rtol=1e-10, atol=1e-12)
+    # (deeper pairs are eliminated against the first layer's blocks: a digit or two less)
+    tol = 1e-10 if len(widths) == 3 else 1e-9
+    np.testing.assert_allclose(np.asarray(F), -g - J.T @ m, rtol=tol, atol=1e-12)
     assert np.max(np.abs(J @ np.asarray(F))) < 1e-12  # dz_K/dt = 0
     assert np.all(np.asarray(lam)[~np.asarray(held)] == 0)
-    # the projection puts a perturbed state back on {z_K = 0}
-    moved = theta + 1e-3 * jax.random.normal(jax.random.key(9), theta.shape)
+    if len(widths) == 3:  # one hidden layer: lambda_k = left + m_k / c_k, c = dL/dh
+        E = jnp.zeros(D.shape)
+        c = np.asarray(jax.grad(model.loss, argnums=3)(theta, data, D, E)).reshape(-1)
+        c = c[np.asarray(held)]
+        np.testing.assert_allclose(np.asarray(lam)[np.asarray(held)], model.left + m / c,
+                                   rtol=1e-9)
+    # the projection puts a perturbed state back on {z_K = 0}: at once where z_K is linear in
+    # theta (first-layer pairs), quadratically fast (Gauss-Newton) where it is not
+    zK = lambda th: np.abs(np.asarray(model.zflat(th, data, D))[np.asarray(held)])  # noqa: E731
+    on_kinks = theta
+    for _ in range(4):
+        on_kinks = _sliding.project(model, data, on_kinks, on, held, 4)
+    assert zK(on_kinks).max() < 1e-13
+    moved = on_kinks + 1e-5 * jax.random.normal(jax.random.key(9), theta.shape)
     back = _sliding.project(model, data, moved, on, held, 4)
-    assert np.max(np.abs(np.asarray(model.zflat(back, data, D))[np.asarray(held)])) < 1e-13
+    assert zK(moved).max() > 1e-7 and zK(back).max() < 1e-13
+
+
+def test_held_sets_fit_by_layer():
+    """First-layer pairs need no dense slots (at most d_in (+1) points per unit are
+    independent); deeper pairs fill ``slots``."""
+    net = gfsim.MLP((2, 3, 3, 1), key=jax.random.key(0))
+    model = FrozenPattern(net, "square", "mean")
+    held = jnp.zeros((4, 6), bool)  # 4 points x (3 + 3) hidden units
+    first = held.at[:2, 0].set(True).at[:2, 1].set(True)  # 2 points at units 0 and 1
+    assert not _sliding.overflow(model, first.reshape(-1), 1)
+    assert _sliding.overflow(model, held.at[:3, 0].set(True).reshape(-1), 8)  # 3 > d_in = 2
+    deep = held.at[:2, 4].set(True)
+    assert not _sliding.overflow(model, deep.reshape(-1), 2)
+    assert _sliding.overflow(model, deep.reshape(-1), 1)
 
 
 # -- step-size control: the same as Diffrax's ------------------------------------------------------

@@ -186,7 +186,7 @@ SIMULATE_FIELDS = {
     "decades": st.one_of(nan_inf, not_a_number, st.floats(max_value=-1e-9)),
     "num_saves": st.one_of(not_an_int, st.just(1)),
     "max_steps": not_an_int,
-    "max_sliding": not_an_int,
+    "max_sliding": not_an_int.filter(lambda v: v is not None),  # None: grow as needed
     "lanes": st.one_of(st.booleans(), st.integers(max_value=0), st.floats(0.5, 9.5)),
     "loss": st.one_of(st.text(max_size=4), st.integers()),
     "reduction": st.one_of(st.text(max_size=4), st.integers()),

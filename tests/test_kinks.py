@@ -1,6 +1,7 @@
 """The exact ReLU flow through kinks and sliding modes (gfsim.events, method="events")."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,13 +65,63 @@ def test_single_unit_slides_along_its_kink_closed_form():
     assert int(plain.status) == Status.MAX_STEPS or int(plain.num_steps) > 10 * int(tr.num_steps)
 
 
-def test_sliding_capacity_is_a_status():
+def test_first_layer_pairs_need_no_room():
+    """Held first-layer pairs are projected unit by unit (no slots): two copies of the sliding
+    point slide together with max_sliding=1; more copies than the input dimension (linearly
+    dependent rows: degenerate data) is the one way a depth-2 net runs out of room."""
     net, data, _ = _single_unit()
-    # two copies of the sliding point: two pairs slide at once, one slot allowed
-    data2 = gfsim.Dataset(np.concatenate([data.X, data.X[1:]]), np.concatenate([data.Y,
-                                                                               data.Y[1:]]))
-    tr = gfsim.simulate(net, data2, 1.0, reduction="sum", max_sliding=1)
+
+    def copies(k):
+        return gfsim.Dataset(np.concatenate([data.X] + [data.X[1:]] * (k - 1)),
+                             np.concatenate([data.Y] + [data.Y[1:]] * (k - 1)))
+
+    tr = gfsim.simulate(net, copies(2), 1.0, reduction="sum", max_sliding=1, num_saves=3)
+    assert tr.status_labels().tolist() == "reached_t1"
+    assert int(tr.num_slides) == 2 and np.all(np.asarray(tr.sliding[0][-1, 1:, 0]))
+    tr = gfsim.simulate(net, copies(3), 1.0, reduction="sum", max_sliding=1, num_saves=3)
     assert tr.status_labels().tolist() == "sliding_capacity"
+
+
+def _deep_unit():
+    """The single unit of _single_unit one layer down (an identity first layer passes the
+    non-negative inputs through), with the sliding point twice: two pairs of the SECOND hidden
+    layer slide at once."""
+    net, data, _ = _single_unit()
+    deep = gfsim.MLP.from_weights([np.eye(2), *(np.asarray(w) for w in net.weights)])
+    return deep, gfsim.Dataset(np.concatenate([data.X, data.X[1:]]),
+                               np.concatenate([data.Y, data.Y[1:]]))
+
+
+def test_room_for_deeper_held_pairs_grows_by_itself(monkeypatch):
+    net, data = _deep_unit()
+    kw = dict(reduction="sum", num_saves=4, rtol=1e-9)
+    fixed = gfsim.simulate(net, data, 2.0, max_sliding=1, **kw)
+    assert fixed.status_labels().tolist() == "sliding_capacity"
+    assert int(fixed.max_sliding) == 1
+    roomy = gfsim.simulate(net, data, 2.0, max_sliding=4, **kw)
+    assert roomy.status_labels().tolist() == "reached_t1" and int(roomy.num_slides) >= 2
+    # the default starts with too little room here and reruns the run with more
+    monkeypatch.setattr(gfsim.methods, "SLIDING_START", 1)
+    auto = gfsim.simulate(net, data, 2.0, **kw)
+    assert auto.status_labels().tolist() == "reached_t1"
+    assert int(auto.max_sliding) == 3  # 4 x 1, capped at the 3 pairs below the first layer
+    np.testing.assert_allclose(np.asarray(auto.final_weights[1]),
+                               np.asarray(roomy.final_weights[1]), rtol=1e-12)
+    # in a batch only the run that ran out is rerun; the other keeps its result
+    other = eqx.tree_at(lambda n: n.weights[1], net, -net.weights[1])  # starts off: no sliding
+    nets = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), other, net)
+    batch = gfsim.simulate(nets, data, 2.0, **kw)
+    assert batch.status_labels().tolist() == ["reached_t1", "reached_t1"]
+    assert np.asarray(batch.max_sliding).tolist() == [1, 3]
+    alone = gfsim.simulate(other, data, 2.0, max_sliding=1, **kw)
+    np.testing.assert_allclose(np.asarray(batch.final_loss[0]), float(alone.final_loss),
+                               rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(batch.final_loss[1]), float(roomy.final_loss),
+                               rtol=1e-12)
+
+
+def test_bad_method_options_are_errors():
+    net, data, _ = _single_unit()
     with pytest.raises(ValueError, match="max_sliding"):
         gfsim.simulate(net, data, 1.0, max_sliding=0)
     with pytest.raises(ValueError, match="method="):

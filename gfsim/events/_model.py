@@ -35,6 +35,9 @@ class FrozenPattern:
         self.reduction = reduction
         self.hidden: tuple[int, ...] = tuple(w.shape[-2] for w in net.weights[:-1])
         self.hsum = sum(self.hidden)
+        self.has_bias = net.biases is not None
+        # the most linearly independent rows a first-layer unit's held pairs can have
+        self.first_block = net.weights[0].shape[-1] + int(self.has_bias)
         act = net.activation_fn
         if not act.has_kink:
             raise ValueError(

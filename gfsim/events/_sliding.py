@@ -6,8 +6,19 @@ coefficients ``m`` give the multipliers (the generalized slopes) ``lambda_k = le
 with ``c_k = dL/dh_k``. After a sliding step the state is put back onto {z_K = 0} by
 Gauss-Newton steps along the rows of J.
 
-Held pairs occupy ``slots`` rows (a static count, at least the number held); unused rows are
-zero and masked out of the Gram solve.
+The rows of J have structure, and the solve uses it:
+
+- a FIRST-layer pair (unit u, point i) has ``z = w_u . x_i (+ b_u)``: its row is ``x_i`` (and 1)
+  in unit u's own columns and zero elsewhere. Rows of different units are orthogonal, so the
+  first layer's part of J J^T is block diagonal, one ``s1 x s1`` block per unit, with
+  ``s1 = d_in (+1 with biases)``: more held points than that at one unit are linearly dependent
+  (generic data: the unit's weights would be zero). The cost is that of a gradient plus
+  ``h1 * s1^3``, whatever the number held, and a depth-2 net needs nothing else.
+- a DEEPER pair's row is dense in every layer below it. These occupy ``slots`` dense rows (a
+  static count, at least the number held; unused rows are zero and masked out), built by one
+  backward pass each, and are solved against the first layer's blocks by elimination: with P1
+  the projection off the first layer's rows, the deep rows are replaced by ``J2 P1`` and a
+  ``slots x slots`` Gram solve finishes the minimum-norm solution.
 """
 
 from __future__ import annotations
@@ -27,41 +38,129 @@ def held_slots(held: Bool[Array, " P"], slots: int) -> tuple[Int[Array, " K"], B
     return idx, valid
 
 
-def solve_gram(J: Float[Array, "K p"], valid: Bool[Array, " K"], rhs):
-    """(J J^T)^-1 rhs over the valid rows (Cholesky, with a relative jitter; unused rows are
-    identity rows)."""
-    G = J @ J.T
-    scale = jnp.maximum(jnp.max(jnp.diag(G)), jnp.finfo(J.dtype).tiny)
+def _cholesky_solve(G, valid, rhs):
+    """G^-1 rhs over the valid rows of a Gram matrix (last two axes; Cholesky, with a relative
+    jitter; unused rows are identity rows)."""
+    diag = jnp.diagonal(G, axis1=-2, axis2=-1)
+    scale = jnp.maximum(jnp.max(diag, axis=-1, keepdims=True), jnp.finfo(G.dtype).tiny)
     # (the floor: a held pair whose input has died has a zero row, and so may all of them)
-    jitter = jnp.maximum(1e-13 * scale, jnp.finfo(J.dtype).tiny)
-    G = G + jnp.diag(jnp.where(valid, jitter, 1.0))
+    jitter = jnp.maximum(1e-13 * scale, jnp.finfo(G.dtype).tiny)
+    G = G + jnp.where(valid, jitter, 1.0)[..., None] * jnp.eye(G.shape[-1], dtype=G.dtype)
     # Cholesky, not LU: jaxlib's thread-pooled batched LU deadlocked at 64 slots
-    return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(G), rhs)
+    return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(G), rhs[..., None])[..., 0]
+
+
+def solve_gram(J: Float[Array, "K p"], valid: Bool[Array, " K"], rhs):
+    """(J J^T)^-1 rhs over the valid rows."""
+    return _cholesky_solve(J @ J.T, valid, rhs)
+
+
+class HeldRows:
+    """The rows of J for the held pairs of one run, in the two structured parts above, with the
+    minimum-norm solve of ``J delta = r``."""
+
+    def __init__(self, model: FrozenPattern, data, theta, D, held, slots: int):
+        self.model, self.theta = model, theta
+        self.model_pairs = held.shape[0]
+        n, h1 = D.shape[0], model.hidden[0]
+        H = held.reshape(n, model.hsum)
+        # first layer: per unit, the points held (s1 of them at most)
+        s1 = model.first_block
+        counts = jnp.sum(H[:, :h1], axis=0)
+        self.pts = jax.vmap(lambda col: jnp.nonzero(col, size=s1, fill_value=0)[0])(H[:, :h1].T)
+        self.valid1 = jnp.arange(s1)[None, :] < counts[:, None]  # (h1, s1)
+        self.pair1 = self.pts * model.hsum + jnp.arange(h1)[:, None]  # flat pair indices
+        Xs = data.X[self.pts]  # (h1, s1, d)
+        self.Xs = jnp.where(self.valid1[..., None], Xs, 0.0)
+        G1 = jnp.einsum("ukd,uld->ukl", self.Xs, self.Xs)
+        if model.has_bias:
+            G1 = G1 + (self.valid1[:, :, None] & self.valid1[:, None, :])
+        self.G1 = G1
+        # deeper layers: dense rows
+        self.deep = len(model.hidden) > 1 and slots > 0
+        if self.deep:
+            deep_held = H.at[:, :h1].set(False).reshape(-1)
+            self.idx2, self.valid2 = held_slots(deep_held, slots)
+            self.J2 = model.jac_rows(theta, data, D, self.idx2, self.valid2)
+            self.J2h = jax.vmap(self.p1)(self.J2)  # J2 P1 (P1 is symmetric)
+
+    # the first layer's rows as a linear map theta -> (h1, s1), its transpose and its solve
+    def a1(self, v):
+        ws, bs = self.model.layers(v)
+        out = jnp.einsum("ukd,ud->uk", self.Xs, ws[0])
+        if bs is not None:
+            out = out + bs[0][:, None]
+        return jnp.where(self.valid1, out, 0.0)
+
+    def a1t(self, m1):
+        return jax.linear_transpose(self.a1, self.theta)(m1)[0]
+
+    def solve1(self, r1):
+        return _cholesky_solve(self.G1, self.valid1, jnp.where(self.valid1, r1, 0.0))
+
+    def p1(self, v):
+        """v with its component along the first layer's held rows removed."""
+        return v - self.a1t(self.solve1(self.a1(v)))
+
+    def apply(self, v):
+        """J v: the first layer's (h1, s1) values and the deep rows' (slots,)."""
+        return self.a1(v), (self.J2 @ v if self.deep else None)
+
+    def min_norm(self, r1, r2):
+        """The minimum-norm ``delta`` with ``J delta = r`` and its coefficients ``m`` (``delta =
+        J^T m``) as a flat (P,) vector over the pairs (zero off the held ones)."""
+        d1 = self.a1t(self.solve1(r1))
+        P = self.model_pairs
+        if not self.deep:
+            return d1, self._scatter(self.solve1(r1), None, P)
+        q = jnp.where(self.valid2, r2 - self.J2 @ d1, 0.0)
+        m2 = solve_gram(self.J2h, self.valid2, q)
+        m2 = jnp.where(self.valid2, m2, 0.0)
+        delta = d1 + self.J2h.T @ m2
+        m1 = self.solve1(r1 - self.a1(self.J2.T @ m2))
+        return delta, self._scatter(m1, m2, P)
+
+    def _scatter(self, m1, m2, P):
+        out = jnp.zeros(P, self.theta.dtype).at[self.pair1.reshape(-1)].add(
+            jnp.where(self.valid1, m1, 0.0).reshape(-1))
+        if m2 is not None:
+            out = out.at[self.idx2].add(jnp.where(self.valid2, m2, 0.0))
+        return out
+
+
+def overflow(model: FrozenPattern, held: Bool[Array, "*B P"], slots: int) -> Bool[Array, "*B"]:
+    """Whether a held set does not fit: more than ``s1`` points held at one first-layer unit
+    (degenerate data only), or more deeper pairs than ``slots``."""
+    H = held.reshape(held.shape[:-1] + (-1, model.hsum))
+    h1 = model.hidden[0]
+    over = jnp.any(jnp.sum(H[..., :h1], axis=-2) > model.first_block, axis=-1)
+    if len(model.hidden) > 1:
+        over = over | (jnp.sum(H[..., h1:], axis=(-2, -1)) > slots)
+    return over
 
 
 def field(model: FrozenPattern, data, theta, on, held, slots: int, grad_fn=None):
     """The (possibly sliding) field at ``theta`` and the multipliers lambda of the held pairs
     (``(P,)``, zero for free pairs; None without projection).
 
-    ``slots``: 0 for the plain frozen-pattern field -grad L, else the number of rows for held
-    pairs (static, at least the number held). ``grad_fn``: ``model.grad_and_c`` (default) or
-    ``model.grad_and_c_aux``, whose extra outputs (z, scales) are returned too."""
+    ``slots``: 0 for the plain frozen-pattern field -grad L, else the projection is made, with
+    that many dense rows for held pairs below the first hidden layer (static, at least the
+    number held there; the first layer's held pairs need none). ``grad_fn``:
+    ``model.grad_and_c`` (default) or ``model.grad_and_c_aux``, whose extra outputs (z, scales)
+    are returned too."""
     grad_fn = grad_fn or model.grad_and_c
     D = model.slopes(on, held)
     g, c, *aux = grad_fn(theta, data, D)
     F = -g
     if not slots:
         return (F, None, *aux)
-    idx, valid = held_slots(held, slots)
-    J = model.jac_rows(theta, data, D, idx, valid)
-    mcoef = solve_gram(J, valid, J @ F)
-    F = F - J.T @ mcoef
+    rows = HeldRows(model, data, theta, D, held, slots)
+    delta, mcoef = rows.min_norm(*rows.apply(F))
+    F = F - delta
     tiny = jnp.finfo(F.dtype).tiny
 
     def lam_of(c):
-        ck = c[idx]
-        lam = model.left + mcoef * ck / (ck * ck + tiny)
-        return jnp.zeros(held.shape, F.dtype).at[idx].add(jnp.where(valid, lam, 0.0))
+        return jnp.where(held, model.left + mcoef * c / (c * c + tiny), 0.0)
 
     # m_k = (lambda_k - left) c_k(lambda), with c_k(lambda) = dL/dh_k when the held pairs
     # DOWNSTREAM of k at the same point have their slopes lambda (a path through several held
@@ -79,9 +178,10 @@ def project(model: FrozenPattern, data, theta, on, held, slots: int):
     rows of J are orthogonal to the per-neuron rescalings, so balancedness moves only at second
     order."""
     D = model.slopes(on, held)
-    idx, valid = held_slots(held, slots)
     for _ in range(2):
-        z = model.zflat(theta, data, D)[idx]
-        J = model.jac_rows(theta, data, D, idx, valid)
-        theta = theta - J.T @ solve_gram(J, valid, jnp.where(valid, z, 0.0))
+        z = model.zflat(theta, data, D)
+        rows = HeldRows(model, data, theta, D, held, slots)
+        r1 = jnp.where(rows.valid1, z[rows.pair1], 0.0)
+        r2 = jnp.where(rows.valid2, z[rows.idx2], 0.0) if rows.deep else None
+        theta = theta - rows.min_norm(r1, r2)[0]
     return theta

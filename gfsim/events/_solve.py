@@ -28,6 +28,7 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 
+from .. import methods
 from .._result import RawResult, final_status
 from ..trajectory import Status
 from . import _control, _decide, _functions, _locate, _refill, _saves, _sliding, _step
@@ -62,7 +63,8 @@ class Setup:
         self.controller = _control.controller(method, rtol, atol)
         self.rtol, self.atol = self.controller.rtol, self.controller.atol
         self.unrolled = _step.unrolled(self.solver)
-        self.slots = method.max_sliding  # rows for held pairs in a projection
+        # dense rows for held pairs below the first hidden layer (see _sliding)
+        self.slots = method.max_sliding or methods.SLIDING_START
         self.max_steps = method.max_steps
         self.has_stop = has_stop
         self.has_stop_grad = has_stop_grad
@@ -312,7 +314,7 @@ def _outcome(setup: Setup, new: Lanes, old: Lanes, active, ok, err, data) -> Lan
     steps = old.steps + active
     done = old.done | (ok & (new.t >= setup.t1))
     status = old.status
-    overflow = jnp.sum(new.held, axis=1) > setup.slots
+    overflow = _sliding.overflow(setup.model, new.held, setup.slots)
     status = jnp.where(active & overflow, int(Status.SLIDING_CAPACITY), status)
     # a step that cannot be made finite at any step size the clock can still resolve (relative
     # to t, not t1: a long log-time run overflowing on a trial step is just rejected)
