@@ -7,7 +7,37 @@ import sys
 import click
 
 
-@click.group()
+class _Group(click.Group):
+    """Click's usage errors (a bad option value, an unknown option, a missing argument) as one
+    line on stderr naming the command, exit code 2, like gfsim's own checks (click would print
+    its usage block, a help hint and the error on three lines)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # plain `gfsim`: the help, as click
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            command = " ".join(["gfsim", *(e.ctx.command_path.split()[1:] if e.ctx else [])])
+            msg = e.format_message()
+            if isinstance(e, click.NoSuchOption):
+                msg += f" Allowed: the options `{command} --help` lists."
+            click.echo(f"{command}: error: {msg}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(0)
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="gfsim")
 def main():
     """gfsim: exact, batched gradient flow for deep linear and ReLU networks."""
