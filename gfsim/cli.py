@@ -54,15 +54,23 @@ def main():
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes running experiments side by side [default: 2; 1 on one core].")
-def reproduce(profile, out, only, no_progress, workers):
-    """Re-run the paper's experiments; write figures and a claims-vs-measured report."""
+@click.option("--resume", is_flag=True,
+              help="Keep the experiments already stored in --out; run only the missing ones.")
+def reproduce(profile, out, only, no_progress, workers, resume):
+    """Re-run the paper's experiments; write figures, one store per experiment and a
+    claims-vs-measured report."""
+    from .reproduce import Interrupted
     from .reproduce import reproduce as run
 
     try:
         results = run(out, profile=profile, experiments=list(only) or None,
-                      progress=not no_progress, workers=workers)
+                      progress=not no_progress, workers=workers, resume=resume)
     except ValueError as e:
         _usage_error("reproduce", e)
+    except Interrupted as e:
+        click.echo(f"gfsim reproduce: {e}; missing: {', '.join(e.missing)}; "
+                   f"{out}/report.md says INCOMPLETE; resume with --resume", err=True)
+        sys.exit(128 + e.signal)
     for r in results:
         for c in r.claims:
             click.echo(f"[{c.verdict}] {r.name}: {c.claim}")
