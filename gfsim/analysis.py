@@ -3,6 +3,14 @@
 Every function broadcasts over leading axes: a weight array of shape ``(..., out, in)`` (e.g.
 ``(runs, T, out, in)`` from a batched :class:`gfsim.Trajectory`) gives results of shape ``(...)``
 (or ``(..., k)`` for spectra).
+
+Arguments are checked in plain Python before any computation: a matrix argument must be a real
+array (or nested lists) with at least two dims and no empty matrix dim; ``weights`` a list or
+tuple of such arrays whose shapes chain (layer j+1's ``in`` is layer j's ``out``); anything else
+is one ValueError (a wrong rank or shape) or TypeError (strings, complex numbers, objects)
+naming the argument, its shape or type and what is allowed. NaN and inf are data here, not
+errors: a trajectory's save slots after an early stop hold NaN, and a matrix with a non-finite
+entry gives NaN (or inf, for norms) in its result, never an error.
 """
 
 from __future__ import annotations
@@ -10,21 +18,109 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
+from . import _check
 from .activations import get_activation
+
+
+def _brief(value) -> str:
+    """A value on one line: an array's shape and dtype, else a short repr."""
+    if isinstance(value, (list, tuple)) and any(hasattr(v, "shape") for v in value):
+        return f"[{len(value)} items]"
+    return " ".join(_check._show(value).split())
+
+
+_MATRIX = "a real array (..., out, in) with at least 2 dims, out >= 1 and in >= 1"
+
+
+def _matrix(w, field: str = "w"):
+    """``w`` as a real JAX array of at least 2 dims with non-empty matrix dims."""
+    if isinstance(w, (str, bytes, dict, set)) or w is None:
+        raise TypeError(f"{field}={_brief(w)} ({type(w).__name__}) is not allowed; "
+                        f"allowed: {_MATRIX}.")
+    w = _check.real_array(w, field)
+    if w.ndim < 2 or 0 in w.shape[-2:]:
+        raise ValueError(f"{field} has shape {tuple(w.shape)}; allowed: {_MATRIX} (one matrix, "
+                         "or a batch of them).")
+    return w
+
+
+def _layers(weights, field: str = "weights", *, min_layers: int = 1, timed: bool = False) -> list:
+    """``weights`` as a list of checked matrices whose shapes chain (``timed``: each with the
+    same number of dims, at least 3, for functions with a time axis)."""
+    if not isinstance(weights, (list, tuple)):
+        raise TypeError(
+            f"{field}={_brief(weights)} ({type(weights).__name__}) is not allowed; "
+            "allowed: a list or tuple of per-layer arrays (..., out, in), e.g. traj.weights.")
+    if len(weights) < min_layers:
+        raise ValueError(f"{field} has {len(weights)} layers; allowed: at least {min_layers} "
+                         "(a balance invariant is between consecutive layers)." if min_layers > 1
+                         else f"{field} is empty; allowed: at least one layer.")
+    ws = [_matrix(w, f"{field}[{j}]") for j, w in enumerate(weights)]
+    if timed:
+        if ws[0].ndim < 3:
+            raise ValueError(f"{field}[0] has shape {tuple(ws[0].shape)}; allowed: per layer "
+                             "(..., T, out, in), with a time axis (e.g. traj.weights).")
+        for j, w in enumerate(ws[1:], 1):
+            if w.ndim != ws[0].ndim:
+                raise ValueError(f"{field}[{j}] has shape {tuple(w.shape)}; allowed: "
+                                 f"{ws[0].ndim} dims, like {field}[0] (shape "
+                                 f"{tuple(ws[0].shape)}): the same time axis in every layer.")
+    for j in range(1, len(ws)):
+        if ws[j].shape[-1] != ws[j - 1].shape[-2]:
+            raise ValueError(
+                f"{field}[{j}] has shape {tuple(ws[j].shape)}; allowed: (..., out, "
+                f"{ws[j - 1].shape[-2]}): its inputs are the {ws[j - 1].shape[-2]} outputs of "
+                f"{field}[{j - 1}] (shape {tuple(ws[j - 1].shape)}).")
+    return ws
+
+
+def _inputs(X, weights: list, field: str = "X"):
+    if isinstance(X, (str, bytes, dict, set)) or X is None:
+        raise TypeError(f"{field}={_brief(X)} ({type(X).__name__}) is not allowed; "
+                        "allowed: a real array (..., n, d_in) of input points.")
+    X = _check.real_array(X, field)
+    d_in = weights[0].shape[-1]
+    if X.ndim < 2 or X.shape[-1] != d_in or X.shape[-2] == 0:
+        raise ValueError(f"{field} has shape {tuple(X.shape)}; allowed: a real array "
+                         f"(..., n, {d_in}) with n >= 1 (the first layer takes {d_in} inputs).")
+    return X
+
+
+def _nonneg(value, field: str):
+    if value is not None:
+        _check.real(value, field, lo=0.0)
+    return value
+
+
+def _time_axis(time_axis, ndim: int) -> int:
+    """A time axis of weights with ``ndim`` dims: an integer that is not one of the matrix
+    axes."""
+    ok = isinstance(time_axis, (int, np.integer)) and not isinstance(time_axis, bool) \
+        and -ndim <= time_axis < ndim and time_axis % ndim < ndim - 2
+    if not ok:
+        raise ValueError(
+            f"time_axis={_brief(time_axis)} is not allowed; allowed: an integer axis of "
+            f"the weights ({ndim} dims) other than the last two (out, in), e.g. -3.")
+    return int(time_axis) % ndim
 
 
 def singular_values(w: Float[Array, "... out in"]) -> Float[Array, "... k"]:
     """Singular values in descending order, k = min(out, in)."""
+    w = _matrix(w)
     return jnp.linalg.svd(w, compute_uv=False)
 
 
 def frobenius_norm(w):
+    """||W||_F over the last two axes."""
+    w = _matrix(w)
     return jnp.sqrt(jnp.sum(w**2, axis=(-2, -1)))
 
 
 def spectral_norm(w):
+    """||W||_2, the largest singular value."""
     return singular_values(w)[..., 0]
 
 
@@ -42,9 +138,11 @@ def spectral_frobenius_ratio(w: Float[Array, "... out in"]) -> Float[Array, ...]
 
 def sigma_ratio(w: Float[Array, "... out in"]) -> Float[Array, ...]:
     """sigma_2 / sigma_1 (0 for a rank-one matrix). Needs min(out, in) >= 2."""
+    w = _matrix(w)
+    if min(w.shape[-2:]) < 2:
+        raise ValueError(f"w has shape {tuple(w.shape)}; allowed: matrices with out >= 2 and "
+                         "in >= 2 (sigma_ratio needs two singular values).")
     s = singular_values(w)
-    if s.shape[-1] < 2:
-        raise ValueError("sigma_ratio needs a matrix with at least two singular values.")
     return s[..., 1] / s[..., 0]
 
 
@@ -60,7 +158,8 @@ def effective_rank(w: Float[Array, "... out in"], *, cutoff: float | None = None
     Singular values with s_i <= cutoff * s_max are treated as exactly zero (they contribute
     nothing to the entropy). Default cutoff: max(out, in) * machine epsilon of the dtype, the
     level below which an SVD cannot resolve a singular value."""
-    cutoff = _default_cutoff(w) if cutoff is None else cutoff
+    w = _matrix(w)
+    cutoff = _default_cutoff(w) if _nonneg(cutoff, "cutoff") is None else cutoff
     s = singular_values(w)
     s = jnp.where(s > cutoff * s[..., :1], s, 0.0)
     p = s / jnp.sum(s, -1, keepdims=True)
@@ -71,13 +170,15 @@ def effective_rank(w: Float[Array, "... out in"], *, cutoff: float | None = None
 
 def numerical_rank(w: Float[Array, "... out in"], *, tol: float | None = None):
     """Number of singular values above ``tol * s_max`` (default: the effective-rank cutoff)."""
-    tol = _default_cutoff(w) if tol is None else tol
+    w = _matrix(w)
+    tol = _default_cutoff(w) if _nonneg(tol, "tol") is None else tol
     s = singular_values(w)
     return jnp.sum(s > tol * s[..., :1], -1)
 
 
 def end_to_end(weights: Sequence[Float[Array, "... out in"]]) -> Float[Array, "... d_out d_in"]:
     """The product W_k ... W_1 (the map of a linear net)."""
+    weights = _layers(weights)
     prod = weights[0]
     for w in weights[1:]:
         prod = w @ prod
@@ -88,6 +189,7 @@ def neuron_balance(weights: Sequence[Array]) -> list[Array]:
     """Per-neuron invariants of bias-free ReLU / linear nets under gradient flow: for hidden layer
     j (1..k-1), ||W_{j+1}[:, i]||^2 - ||W_j[i, :]||^2 for each neuron i. One array
     ``(..., width_j)`` per hidden layer; constant in time under exact GF (Du, Hu & Lee 2018)."""
+    weights = _layers(weights, min_layers=2)
     return [
         jnp.sum(weights[j + 1] ** 2, axis=-2) - jnp.sum(weights[j] ** 2, axis=-1)
         for j in range(len(weights) - 1)
@@ -96,12 +198,14 @@ def neuron_balance(weights: Sequence[Array]) -> list[Array]:
 
 def layer_balance(weights: Sequence[Array]) -> Array:
     """||W_{j+1}||_F^2 - ||W_j||_F^2 for j = 1..k-1, stacked on the last axis ``(..., k-1)``."""
+    weights = _layers(weights, min_layers=2)
     return jnp.stack([jnp.sum(b, -1) for b in neuron_balance(weights)], -1)
 
 
 def matrix_balance(weights: Sequence[Array]) -> list[Array]:
     """Linear nets: W_{j+1}^T W_{j+1} - W_j W_j^T per hidden layer, each ``(..., h_j, h_j)``;
     constant under GF (Arora et al. 2018). Its diagonal is :func:`neuron_balance`."""
+    weights = _layers(weights, min_layers=2)
     return [
         jnp.swapaxes(weights[j + 1], -1, -2) @ weights[j + 1]
         - weights[j] @ jnp.swapaxes(weights[j], -1, -2)
@@ -117,9 +221,11 @@ def balance_drift(weights: Sequence[Array], *, kind: str = "neuron", time_axis: 
     leading index, max over time and over entries of |I(t) - I(0)| divided by
     max over time of sum_j ||W_j(t)||_F^2 (so 1e-12 means conserved to 12 digits). NaN save slots
     (after an early stop) are ignored."""
-    if kind not in ("neuron", "layer", "matrix"):
-        raise ValueError(f"kind={kind!r}; allowed: neuron, layer, matrix.")
-    ax = time_axis % weights[0].ndim
+    if not isinstance(kind, str) or kind not in ("neuron", "layer", "matrix"):
+        raise ValueError(f"kind={_brief(kind)} is not allowed; allowed: neuron, layer, "
+                         "matrix.")
+    weights = _layers(weights, min_layers=2, timed=True)
+    ax = _time_axis(time_axis, weights[0].ndim)
     ws = [jnp.moveaxis(w, ax, -3) for w in weights]  # (..., T, out, in)
     if kind == "neuron":
         inv = neuron_balance(ws)  # (..., T, h)
@@ -142,6 +248,8 @@ def preactivations(weights: Sequence[Array], X: Array, *, activation: str = "rel
     """Pre-activations of every layer, ``(..., n, width_j)``, for weights ``(..., out, in)`` and
     inputs ``X`` ``(..., n, d_in)`` broadcastable against the weights' leading axes (for a
     batched trajectory ``(runs, T, out, in)`` and a batch of datasets, pass ``X[:, None]``)."""
+    weights = _layers(weights)
+    X = _inputs(X, weights)
     act = get_activation(activation, negative_slope)
     out = []
     h = X
@@ -167,7 +275,9 @@ def pattern_changes(weights: Sequence[Array], X: Array, *, time_axis: int = -3) 
 
     ``weights``: per layer ``(..., T, out, in)``; ``X``: ``(n, d_in)``, or ``(runs, n, d_in)``
     for a batch of datasets (no time axis: it is added here)."""
-    ax = time_axis % weights[0].ndim
+    weights = _layers(weights, timed=True)
+    X = _inputs(X, weights)
+    ax = _time_axis(time_axis, weights[0].ndim)
     ws = [jnp.moveaxis(w, ax, -3) for w in weights]
     total = 0
     valid = jnp.all(jnp.isfinite(ws[0]), axis=(-2, -1))  # (..., T)
@@ -184,6 +294,9 @@ def kink_units(weights: Sequence[Array], X: Array, *, rtol: float = 1e-6,
     on a kink: |z| <= rtol * ||w_u|| * ||h||, with w_u the unit's incoming weights and h its
     input. One boolean ``(..., n, width_j)`` per hidden layer. Pairs that stay on a kink over
     time while the flow moves are sliding."""
+    weights = _layers(weights)
+    X = _inputs(X, weights)
+    _nonneg(rtol, "rtol")
     act = get_activation(activation, negative_slope)
     zs = preactivations(weights, X, activation=activation, negative_slope=negative_slope)
     out = []
@@ -197,6 +310,11 @@ def kink_units(weights: Sequence[Array], X: Array, *, rtol: float = 1e-6,
 
 
 def _sliding_of(traj):
+    from .trajectory import Trajectory
+
+    if not isinstance(traj, Trajectory):
+        raise TypeError(f"traj={_brief(traj)} ({type(traj).__name__}) is not allowed; "
+                        "allowed: a gfsim.Trajectory (what gfsim.simulate returns).")
     if traj.sliding is None:
         raise ValueError(
             f"this trajectory (method={traj.method!r}) has no sliding record; simulate a ReLU net "

@@ -7,7 +7,37 @@ import sys
 import click
 
 
-@click.group()
+class _Group(click.Group):
+    """Click's usage errors (a bad option value, an unknown option, a missing argument) as one
+    line on stderr naming the command, exit code 2, like gfsim's own checks (click would print
+    its usage block, a help hint and the error on three lines)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # plain `gfsim`: the help, as click
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            command = " ".join(["gfsim", *(e.ctx.command_path.split()[1:] if e.ctx else [])])
+            msg = e.format_message()
+            if isinstance(e, click.NoSuchOption):
+                msg += f" Allowed: the options `{command} --help` lists."
+            click.echo(f"{command}: error: {msg}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(0)
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="gfsim")
 def main():
     """gfsim: exact, batched gradient flow for deep linear and ReLU networks."""
@@ -24,15 +54,23 @@ def main():
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes running experiments side by side [default: 2; 1 on one core].")
-def reproduce(profile, out, only, no_progress, workers):
-    """Re-run the paper's experiments; write figures and a claims-vs-measured report."""
+@click.option("--resume", is_flag=True,
+              help="Keep the experiments already stored in --out; run only the missing ones.")
+def reproduce(profile, out, only, no_progress, workers, resume):
+    """Re-run the paper's experiments; write figures, one store per experiment and a
+    claims-vs-measured report."""
+    from .reproduce import Interrupted
     from .reproduce import reproduce as run
 
     try:
         results = run(out, profile=profile, experiments=list(only) or None,
-                      progress=not no_progress, workers=workers)
+                      progress=not no_progress, workers=workers, resume=resume)
     except ValueError as e:
         _usage_error("reproduce", e)
+    except Interrupted as e:
+        click.echo(f"gfsim reproduce: {e}; missing: {', '.join(e.missing)}; "
+                   f"{out}/report.md says INCOMPLETE; resume with --resume", err=True)
+        sys.exit(128 + e.signal)
     for r in results:
         for c in r.claims:
             click.echo(f"[{c.verdict}] {r.name}: {c.claim}")

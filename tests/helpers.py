@@ -47,11 +47,22 @@ def flat(weights, axis_start=0):
 
 
 def run_tiny(name: str, tmp_path_factory):
-    """Run experiment ``name`` at its tiny profile: (result, its saved .npz, output dir)."""
-    import os
-
-    from gfsim.experiments import EXPERIMENTS
+    """Run experiment ``name`` at its tiny profile and write its store as ``gfsim reproduce``
+    does: (result, the store read back by gfsim.load with plain run coordinates, output dir)."""
+    from gfsim.reproduce import run_experiment
 
     out = tmp_path_factory.mktemp(name)
-    result = EXPERIMENTS.get(name)("tiny", str(out))
-    return result, np.load(os.path.join(out, result.data_file)), out
+    result = run_experiment(name, "tiny", str(out))
+    return result, gfsim.store.flat(gfsim.load(out / result.data_file)), out
+
+
+def runs(ds, **where):
+    """The runs of a store whose coordinates have these values: runs(ds, init="disk")."""
+    from gfsim.plots import select
+
+    return select(ds, where)
+
+
+def values(ds, name, **where):
+    """A variable's values over the selected runs."""
+    return runs(ds, **where)[name].values

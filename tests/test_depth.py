@@ -4,14 +4,71 @@ import os
 
 import numpy as np
 import pytest
-from helpers import run_tiny
+from helpers import run_tiny, runs
 
 from gfsim.experiments import depth
+
+PER_RUN = {f: f for f in depth._PER_RUN + depth._PER_LAYER}
+PER_RUN.update(loss="final_loss", status="status_code", steps="num_steps")
+
+
+def _old_keys(ds) -> dict:
+    """The store's arrays under the keys of the former .npz, padding trimmed to each depth."""
+    cfg, pc = depth.SETTINGS["tiny"], depth.PAIR["tiny"]
+    d = {k: ds[k].values for k in ("X", "Y", "pair_X", "pair_Y")}
+    d["stop_loss"] = cfg["stop_loss"]
+    batches = [(f"exponential/k{k}/", dict(dataset="teacher_student", depth=k, control=False))
+               for k in cfg["depths"]]
+    batches += [(f"exponential/control/k{k}/", dict(dataset="teacher_student", depth=k,
+                                                    control=True))
+                for k in (min(cfg["depths"]), max(cfg["depths"]))]
+    batches += [(f"pair/k{k}/", dict(dataset="paper_pair", depth=k, control=False))
+                for k in pc["depths"]]
+    batches += [(f"pair/control/k{k}/", dict(dataset="paper_pair", depth=k, control=True))
+                for k in (min(pc["depths"]), max(pc["depths"]))]
+    for prefix, where in batches:
+        g = runs(ds, **where)
+        k = where["depth"]
+        for old, new in PER_RUN.items():
+            v = g[new].values
+            d[prefix + old] = v[:, :k] if g[new].dims == ("run", "layer") else v
+        assert np.all(np.isnan(g["ratio"].values[:, k:]))  # padding past the depth
+        W = g["final_weights"].values
+        for j, (o, i) in enumerate(zip(g["layer_out"].values[0], g["layer_in"].values[0])):
+            if j < k:
+                d[prefix + f"W{j + 1}"] = W[:, j, :o, :i]
+    for lname in cfg["losses"]:
+        d[f"{lname}/summary/spearman"] = ds[f"{lname}_spearman"].values
+        d[f"{lname}/summary/depths"] = ds[f"{lname}_depth"].values
+        d[f"{lname}/summary/medians"] = ds[f"{lname}_median_ratio"].values
+        d[f"{lname}/summary/control_medians"] = ds[f"{lname}_control_median_ratio"].values
+    d["pair/summary/depths"] = ds["pair_depth"].values
+    d["pair/summary/means"] = ds["pair_mean_ratio"].values
+    d["pair/summary/spearman"] = ds["pair_spearman"].values
+    d["pair/summary/rise"] = ds["pair_rise"].values
+    d["pair/summary/control_rise"] = ds["pair_control_rise"].values
+    return d
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return run_tiny("depth", tmp_path_factory)
+    result, ds, out = run_tiny("depth", tmp_path_factory)
+    cfg, pc = depth.SETTINGS["tiny"], depth.PAIR["tiny"]  # every batch, its 2 controls too
+    assert ds.sizes["run"] == (cfg["seeds"] * (len(cfg["depths"]) + 2)
+                               + pc["seeds"] * (len(pc["depths"]) + 2))
+    return result, _old_keys(ds), out
+
+
+def test_group_summaries_match_the_runs(tiny):
+    result, d, out = tiny
+    import gfsim
+
+    ds = gfsim.load(out / "depth.zarr")
+    for k in depth.PAIR["tiny"]["depths"]:
+        g = ds.sel(group=f"pair/k{k}")
+        conv = d[f"pair/k{k}/converged"]
+        far = np.mean(d[f"pair/k{k}/stable_rank"][conv, 0] >= depth.PAIR_SR_FAR)
+        assert float(g["W1_far"]) == pytest.approx(far, nan_ok=True)
 
 
 def _forward(weights, X):

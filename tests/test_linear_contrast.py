@@ -7,12 +7,29 @@ import re
 
 import numpy as np
 import pytest
-from helpers import run_tiny
+from helpers import run_tiny, runs
 
 
 @pytest.fixture(scope="module")
 def linear(tmp_path_factory):
-    return run_tiny("linear", tmp_path_factory)
+    result, ds, out = run_tiny("linear", tmp_path_factory)
+    lin = runs(ds, activation="linear")
+    # the arrays of the linear runs under their old names, and the arrays of no run
+    d = {k: lin[v].values for k, v in dict(
+        final_e2e="final_e2e", final_loss="final_loss", sv="e2e_singular_values",
+        eff_rank="effective_rank", run_scale="init_scale", run_seed="seed", num_rank=
+        "numerical_rank", t_half="t_half", t_pred="t_pred", a0="a0", next_share="next_share",
+        eff_mid="effective_rank_mid", ts="t").items()}
+    d["ts"] = d["ts"][0]
+    for k, v in dict(target="target", A="A", slopes="slopes", scales="scales",
+                     eff_analytic="effective_rank_analytic").items():
+        d[k] = ds[v].values
+    rel = runs(ds, activation="relu")
+    for k, v in dict(status="status_code", loss="final_loss", sr_w1="stable_rank_W1").items():
+        d[f"relu/{k}"] = rel[v].values
+    assert np.all(np.isnan(lin["stable_rank_W1"].values))  # only the ReLU runs have it
+    assert np.all(np.isnan(rel["t_half"].values)) and np.all(rel["numerical_rank"] == -1)
+    return result, d, out
 
 
 def test_converges_to_the_target_map(linear):
@@ -88,6 +105,7 @@ def test_relu_beside_and_figure(linear):
     loss = d["relu/loss"]
     sr = d["relu/sr_w1"]
     ok = status == 0
+    assert len(status) == len(d["final_loss"])  # the same inits, ReLU beside linear
     assert np.all(np.isfinite(loss[ok]))
     assert np.all((sr[ok] >= 1 - 1e-9) & (sr[ok] <= 8 + 1e-9))
     # Stalled runs are reported, never hidden.

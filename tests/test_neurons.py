@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import run_tiny, runs
 from PIL import Image
 
 from gfsim.experiments import neurons
@@ -11,13 +12,26 @@ from gfsim.experiments import neurons
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("neurons")
-    return neurons.run("tiny", str(out)), out
+    r, ds, out = run_tiny("neurons", tmp_path_factory)
+    # the arrays under their old names, padding trimmed to each width
+    data = {"ts": ds["t"].values[0], "X": ds["X"].values, "frame_idx": ds["frame_idx"].values}
+    for w in neurons.SETTINGS["tiny"]["widths"]:
+        g = runs(ds, width=w)
+        np.testing.assert_array_equal(g["t"].values, np.broadcast_to(data["ts"], g["t"].shape))
+        wts = g["weights"].values  # (runs, T, layer, row, col)
+        data.update({
+            f"w{w}/W1": wts[:, :, 0, :w, :2], f"w{w}/W2": wts[:, :, 1, :2, :w],
+            f"w{w}/final_W1": g["final_weights"].values[:, 0, :w, :2],
+            f"w{w}/status": g["status_code"].values, f"w{w}/loss": g["loss_curve"].values,
+            **{f"w{w}/{k}": g[k].values[:, :w] for k in (
+                "start_only_x1", "start_only_x2", "stay_only_x1", "stay_only_x2")}})
+        assert np.all(np.isnan(wts[:, :, 0, w:])) and not g["start_only_x1"].values[:, w:].any()
+        assert g["displayed"].values.sum() == 1
+    return r, data, out
 
 
 def test_files_and_gif_frames(result):
-    r, out = result
-    data = np.load(os.path.join(out, r.data_file))
+    r, data, out = result
     T = len(data["ts"])
     assert T == neurons.SETTINGS["tiny"]["num_saves"]
     for fig in r.figures:
@@ -28,8 +42,7 @@ def test_files_and_gif_frames(result):
 
 
 def test_trajectories_start_at_init_and_end_at_final(result):
-    r, out = result
-    data = np.load(os.path.join(out, r.data_file))
+    r, data, out = result
     X = data["X"]
     for w in neurons.SETTINGS["tiny"]["widths"]:
         W1 = data[f"w{w}/W1"]  # (runs, T, h, 2)
@@ -46,8 +59,7 @@ def test_trajectories_start_at_init_and_end_at_final(result):
 
 
 def test_one_sided_neurons_stay_and_align(result):
-    r, out = result
-    data = np.load(os.path.join(out, r.data_file))
+    r, data, out = result
     X = data["X"]
     n = 0
     for w in neurons.SETTINGS["tiny"]["widths"]:
@@ -74,8 +86,7 @@ def test_one_sided_neurons_stay_and_align(result):
 
 def test_width2_split_seed_stable_rank(result):
     # A width-2 seed with one neuron in each one-sided region ends at sr = 2/(1+|cos|).
-    r, out = result
-    data = np.load(os.path.join(out, r.data_file))
+    r, data, out = result
     X = data["X"]
     s1, s2 = data["w2/start_only_x1"], data["w2/start_only_x2"]
     split = (s1[:, 0] & s2[:, 1]) | (s2[:, 0] & s1[:, 1])

@@ -7,45 +7,79 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import run_tiny, runs
 
+import gfsim
 from gfsim.cli import main
-from gfsim.experiments import EXPERIMENTS
+from gfsim.experiments.negative_depth2 import SETTINGS
 from gfsim.reproduce import reproduce, run_all
 
 
 @pytest.fixture(scope="module")
 def negative(tmp_path_factory):
-    out = tmp_path_factory.mktemp("negative")
-    return EXPERIMENTS.get("negative")("tiny", str(out)), out
+    result, ds, out = run_tiny("negative", tmp_path_factory)
+    return result, ds, out
 
 
 def test_negative_experiment_output(negative):
-    result, out = negative
-    data = np.load(os.path.join(out, result.data_file))
-    X = data["X"]
+    result, ds, out = negative
+    assert result.data_file == "negative.zarr" and result.data is None
+    X = ds["X"].values
     cos = float(X[0] @ X[1])
-    for key in ("disk-w2", "xavier-w2"):
-        loss = data[f"{key}/loss"]
-        conv = data[f"{key}/converged"]
+    cfg = SETTINGS["tiny"]
+    assert ds.sizes["run"] == 2 * len(cfg["widths"]) * cfg["seeds"]
+    for init in ("disk", "xavier"):
+        d = runs(ds, init=init, width=2)
+        loss = d["final_loss"].values
+        conv = d["converged"].values
         np.testing.assert_array_equal(conv, loss < 1e-4)
-        assert int(data[f"{key}/below_1e4"]) <= int(data[f"{key}/below_0499"]) <= int(
-            data[f"{key}/below_1"]) <= len(loss)
-        sr = data[f"{key}/stable_rank"]
-        # Stable rank of a 2x2 layer lies in [1, 2].
+        assert list(d["seed"].values) == list(range(cfg["seeds"]))
+        g = ds.sel(group=f"{init}-w2")
+        assert int(g["below_1e4"]) == int(np.sum(loss < 1e-4))
+        assert int(g["below_1e4"]) <= int(g["below_0499"]) <= int(g["below_1"]) <= len(loss)
+        sr = d["stable_rank"].values
+        # Stable rank of a 2x2 layer lies in [1, 2]; it is the stored final singular values'.
         assert np.all((sr[conv] >= 1 - 1e-9) & (sr[conv] <= 2 + 1e-9))
+        s = d["final_singular_values"].values
+        with np.errstate(invalid="ignore"):  # a zero layer (a dead run): 0/0 both ways
+            np.testing.assert_allclose(sr, np.sum(s**2, -1) / s[..., 0] ** 2, rtol=1e-9)
+        # the stored initial W1 gives the stored split starts
+        w1 = d["initial_weights"].values[:, 0, :2, :2]
+        pre = np.einsum("rhd,nd->rhn", w1, X)
+        o1, o2 = (pre[..., 0] > 0) & (pre[..., 1] <= 0), (pre[..., 1] > 0) & (pre[..., 0] <= 0)
+        np.testing.assert_array_equal(d["split_start"].values,
+                                      (o1[:, 0] & o2[:, 1]) | (o2[:, 0] & o1[:, 1]))
     # Converged runs whose neurons started in the two one-sided regions sit at 2/(1+|cos|).
-    split = data["disk-w2/split_start"] & data["disk-w2/converged"]
+    d = runs(ds, init="disk", width=2)
+    split = d["split_start"].values & d["converged"].values
     assert split.any()  # a fixed key; each seed has probability ~0.13
-    np.testing.assert_allclose(data["disk-w2/stable_rank"][split, 0], 2 / (1 + abs(cos)),
+    np.testing.assert_allclose(d["stable_rank"].values[split, 0], 2 / (1 + abs(cos)),
                                atol=1e-3)
     # Plateau losses of non-converged runs are the predicted 0.25 / 0.5 (mean convention).
-    loss = data["disk-w2/loss"]
+    loss = d["final_loss"].values
     stuck = loss[(loss > 1e-2) & np.isfinite(loss)]
     assert np.all(np.min(np.abs(stuck[:, None] - np.array([0.25, 0.5])[None]), 1) < 5e-2)
     verdicts = {c.verdict for c in result.claims}
     assert verdicts <= {"agrees", "disagrees", "inconclusive"}
     assert os.path.getsize(os.path.join(out, result.figures[0])) > 10_000
     assert not math.isnan(result.seconds)
+
+
+def test_negative_store_is_plottable_and_keeps_the_result(negative):
+    result, ds, out = negative
+    from gfsim.experiments import Result
+
+    raw = gfsim.load(out / "negative.zarr")
+    assert raw.attrs["profile"] == "tiny" and raw.attrs["experiment"] == "negative"
+    assert Result.from_json(raw.attrs["result"]) == result
+    # the config fields are run coordinates: one setting's runs by value
+    assert raw.sel(init="xavier", width=2).sizes["run"] == SETTINGS["tiny"]["seeds"]
+    png = out / "rank.png"
+    r = CliRunner().invoke(main, ["plot", str(out / "negative.zarr"), "--kind", "final-rank",
+                                  "--x", "width", "--hue", "init", "--layer", "0", "--out",
+                                  str(png)])
+    assert r.exit_code == 0, r.output
+    assert png.stat().st_size > 5_000
 
 
 def test_cli_rejects_unknown_experiment(tmp_path):

@@ -1,15 +1,20 @@
 """The paper's experiments, built from gfsim's public API only.
 
 Each experiment is a function ``run(profile, out_dir, progress) -> Result`` registered by name.
-``profile`` is ``"quick"`` (a laptop CPU in minutes) or ``"full"`` (the authors' scale).
+``profile`` is ``"quick"`` (a laptop CPU in minutes) or ``"full"`` (the authors' scale); the
+tests use ``"tiny"``. It writes its figures into ``out_dir`` and returns its claims and its data
+(``Result.data``: one labelled Dataset, built with :class:`Runs`), which ``gfsim reproduce``
+writes to ``out_dir/<name>.zarr``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 
 from .._registry import Registry
+from ._store import Runs as Runs
 
 PROFILES = ("quick", "full")
 
@@ -30,10 +35,40 @@ class Result:
     title: str
     claims: list[Claim]
     figures: list[str]  # file names, relative to the output directory
-    data_file: str  # the .npz with the data behind the figures
+    data_file: str  # the store with the data behind the figures (relative to the output dir)
     settings: dict
     seconds: float = 0.0
     notes: list[str] = dataclasses.field(default_factory=list)
+    data: object = None  # the xarray.Dataset behind the figures, until it is written
+
+    def to_json(self) -> str:
+        """Everything but ``data``, as JSON (kept in the store's attributes, so a resumed
+        ``gfsim reproduce`` rebuilds the report without running the experiment again)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "data"}
+        d["claims"] = [dataclasses.asdict(c) for c in self.claims]
+        return json.dumps(d, sort_keys=True, default=_plain)
+
+    @classmethod
+    def from_json(cls, text: str) -> Result:
+        d = json.loads(text)
+        d["claims"] = [Claim(**c) for c in d["claims"]]
+        return cls(**d)
+
+
+def _plain(x):
+    """JSON for NumPy scalars and arrays, tuples (settings hold them)."""
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+def store_name(name: str) -> str:
+    """The store of experiment ``name``, relative to the output directory."""
+    return f"{name}.zarr"
 
 
 EXPERIMENTS: Registry[Callable] = Registry("experiment")

@@ -24,7 +24,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, pyplot, register_experiment, save_figure
+from . import Claim, Result, Runs, pyplot, register_experiment, save_figure, store_name
 
 SETTINGS = {
     "quick": dict(n=32, dim=8, width=24, depths=(2, 3, 4, 6, 8), seeds=8, scale=0.1,
@@ -119,9 +119,16 @@ def spearman(x, y) -> float:
     return float(np.sum(rx * ry) / den) if den > 0 else float("nan")
 
 
-def _sweep_one(data, cfg: dict, k: int, key, scale: float, t1: float, lname: str, **opts):
+_PER_RUN = ("ratio_avg", "c", "margin", "F2", "bound", "bound_margin", "imbalance",
+            "balance_drift", "converged", "stalled", "not_converged", "F2_init")
+_PER_LAYER = ("ratio", "stable_rank", "spec", "frob")
+
+
+def _sweep_one(data, cfg: dict, k: int, key, scale: float, t1: float, lname: str, *,
+               runs: Runs | None = None, group: str = "", coords: dict | None = None, **opts):
     """Depth-k bias-free ReLU students of width cfg["width"], cfg["seeds"] runs from a gaussian
-    init of this scale, trained by GF on ``data`` to stop_loss or t1; summarised per run."""
+    init of this scale, trained by GF on ``data`` to stop_loss or t1; summarised per run, and
+    added to ``runs`` (with ``coords``) under the label ``group``."""
     X, Y = np.asarray(data.X), np.asarray(data.Y)
     widths = (X.shape[1],) + (cfg["width"],) * (k - 1) + (1,)
     net = gfsim.MLP(widths, "relu", key=key, init="gaussian", scale=scale, runs=cfg["seeds"])
@@ -132,6 +139,17 @@ def _sweep_one(data, cfg: dict, k: int, key, scale: float, t1: float, lname: str
     r = summarise(tr, net.weights, X, Y, stop)
     r["F2_init"] = np.mean(np.stack([np.asarray(analysis.frobenius_norm(w)) ** 2
                                      for w in net.weights], 1), 1)
+    if runs is not None:
+        runs.add(tr, coords=dict(
+            coords or {}, depth=k, width=cfg["width"], loss=lname, init="gaussian",
+            init_scale=scale, t1=t1, stop_loss=stop, max_steps=cfg["max_steps"],
+            rtol=cfg["rtol"], atol=cfg["atol"], reduction="mean", solver="tsit5",
+            method=opts.get("method", "auto"), max_sliding=opts.get("max_sliding"),
+            lanes=opts.get("lanes"), num_saves=NUM_SAVES, decades=DECADES,
+            seed=np.arange(cfg["seeds"])),
+            extra={**{f: r[f] for f in _PER_RUN},
+                   **{f: (("run", "layer"), r[f]) for f in _PER_LAYER}},
+            group=group, final_weights=True)
     return r
 
 
@@ -166,22 +184,25 @@ def pair_verdict(rho: float, rise_lo: float, rise_hi: float, deepest: float,
     return "inconclusive"
 
 
-def _pair_part(profile: str, kn, progress):
+def _pair_part(profile: str, kn, progress, runs: Runs | None = None):
     """The depth sweep on claim 2's dataset: per-depth results, the control and the claim."""
     pc = PAIR[profile]
     data = pair_data()
     res, ctrl = {}, {}
+    coords = dict(dataset="paper_pair", n=2, dim=2)
     for k in pc["depths"]:
         kn, sub = jax.random.split(kn)
         res[k] = _sweep_one(data, pc, k, sub, pc["scale"], pc["t1"], "exponential",
-                            method="events", max_sliding=pc["max_sliding"], lanes=pc["lanes"])
+                            method="events", max_sliding=pc["max_sliding"], lanes=pc["lanes"],
+                            runs=runs, group=f"pair/k{k}", coords=dict(coords, control=False))
         if progress is not None:
             progress(f"depth: size-2 dataset k={k}")
     c_scale, c_t1 = pc["control"]
     for k in (min(pc["depths"]), max(pc["depths"])):
         kn, sub = jax.random.split(kn)
         ctrl[k] = _sweep_one(data, pc, k, sub, c_scale, c_t1, "exponential", method="events",
-                             max_sliding=pc["max_sliding"], lanes=pc["lanes"])
+                             max_sliding=pc["max_sliding"], lanes=pc["lanes"], runs=runs,
+                             group=f"pair/control/k{k}", coords=dict(coords, control=True))
     if progress is not None:
         progress("depth: size-2 dataset small-init control")
 
@@ -194,6 +215,8 @@ def _pair_part(profile: str, kn, progress):
         mid = (np.median(r["ratio"][m, 1:k - 1].mean(1)) if k > 2 and m.any()
                else float("nan"))
         r["middle_median"] = mid
+        if runs is not None:
+            runs.summary(f"pair/k{k}", W1_far=float(far), middle_median=float(mid))
         txt = (f"k={k}: mean {v.mean():.3f} (median {np.median(v):.3f}, 10th percentile "
                f"{np.percentile(v, 10):.3f}) over {int(m.sum())} converged; W_1 far from rank "
                f"one (sr >= {PAIR_SR_FAR}) in {far:.2f}" if m.any() else f"k={k}: none converged")
@@ -357,8 +380,13 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
                                       labels="sign")
     X, Y = np.asarray(data.X), np.asarray(data.Y)
 
-    def one(lname, k, key, scale, t1):
-        return _sweep_one(data, cfg, k, key, scale, t1, lname, method=cfg["method"])
+    runs = Runs()
+
+    def one(lname, k, key, scale, t1, control=False):
+        group = f"{lname}/control/k{k}" if control else f"{lname}/k{k}"
+        return _sweep_one(data, cfg, k, key, scale, t1, lname, method=cfg["method"], runs=runs,
+                          group=group, coords=dict(dataset="teacher_student", n=cfg["n"],
+                                                   dim=cfg["dim"], control=control))
 
     results, control = {}, {}
     for lname in cfg["losses"]:
@@ -372,11 +400,11 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         for lname in cfg["losses"]:
             for k in (min(cfg["depths"]), max(cfg["depths"])):
                 kn, sub = jax.random.split(kn)
-                control[(lname, k)] = one(lname, k, sub, c_scale, c_t1)
+                control[(lname, k)] = one(lname, k, sub, c_scale, c_t1, control=True)
             if progress is not None:
                 progress(f"depth: {lname} small-init control")
 
-    pair, pair_ctrl, pair_summary, pair_claim = _pair_part(profile, kn, progress)
+    pair, pair_ctrl, pair_summary, pair_claim = _pair_part(profile, kn, progress, runs)
     pair_bound = bound_check(list(pair.values()) + list(pair_ctrl.values()))
 
     fig, pair_fig = "depth_ratio.png", "depth_pair.png"
@@ -422,7 +450,8 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
                         f"{cmed[k1]:.4f} (fall {cfall:.4f}, against {fall:.4f} at scale "
                         f"{cfg['scale']:g})")
         summary[lname].update(control_medians=np.array([cmed.get(k, np.nan) for k in
-                                                        sorted(cmed)]))
+                                                        sorted(cmed)]),
+                              control_depths=np.array(sorted(cmed)))
         if len(ks) < 3:
             verdict = "inconclusive"
         elif rho >= 0.5 and deepest >= 0.9:
@@ -471,23 +500,27 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
                 "disagrees" if viol + pviol else "inconclusive"),
         ))
 
-    data_file = "depth.npz"
-    arrays = {f"{lk}/k{k}/{f}": v for (lk, k), r in results.items() for f, v in r.items()}
-    arrays.update({f"{lk}/control/k{k}/{f}": v for (lk, k), r in control.items()
-                   for f, v in r.items()})
-    for lname, s in summary.items():
-        arrays.update({f"{lname}/summary/{f}": np.asarray(v) for f, v in s.items()})
-    arrays.update({f"pair/k{k}/{f}": np.asarray(v) for k, r in pair.items()
-                   for f, v in r.items()})
-    arrays.update({f"pair/control/k{k}/{f}": np.asarray(v) for k, r in pair_ctrl.items()
-                   for f, v in r.items()})
-    arrays.update({f"pair/summary/{f}": np.asarray(v) for f, v in pair_summary.items()})
+    for lname, sm in summary.items():
+        runs.array(f"{lname}_median_ratio", sm["medians"], (f"{lname}_depth",),
+                   {f"{lname}_depth": sm["depths"]})
+        runs.array(f"{lname}_control_median_ratio", sm["control_medians"],
+                   (f"{lname}_control_depth",), {f"{lname}_control_depth": sm["control_depths"]})
+        for f in ("spearman", "violations", "checked"):
+            runs.array(f"{lname}_{f}", sm[f])
+    runs.array("pair_mean_ratio", pair_summary["means"], ("pair_depth",),
+               {"pair_depth": pair_summary["depths"]})
+    runs.array("pair_spearman", pair_summary["spearman"])
+    runs.array("pair_rise", pair_summary["rise"], ("estimate",),
+               {"estimate": ["mean", "lo95", "hi95"]})
+    runs.array("pair_control_rise", pair_summary["control_rise"], ("estimate",))
+    pk = PAIR[profile]["depths"]
+    runs.array("pair_control_mean_ratio", pair_summary["control_means"], ("pair_control_depth",),
+               {"pair_control_depth": [min(pk), max(pk)]})
     pdata = pair_data()
-    np.savez(os.path.join(out_dir, data_file), **arrays, X=X, Y=Y,
-             depths=np.array(cfg["depths"]), stop_loss=cfg["stop_loss"],
-             pair_X=np.asarray(pdata.X), pair_Y=np.asarray(pdata.Y),
-             pair_depths=np.array(PAIR[profile]["depths"]),
-             pair_stop_loss=PAIR[profile]["stop_loss"])
+    runs.array("X", X, ("point", "in"))
+    runs.array("Y", Y, ("point", "out"))
+    runs.array("pair_X", np.asarray(pdata.X), ("pair_point", "pair_in"))
+    runs.array("pair_Y", np.asarray(pdata.Y), ("pair_point", "out"))
 
     stalled = {f"{lk} k={k}": int(r["stalled"].sum()) for (lk, k), r in results.items()
                if r["stalled"].any()}
@@ -572,7 +605,9 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         title="B. Depth biases ReLU nets towards low rank (teacher-student; size-2 dataset)",
         claims=claims,
         figures=[fig, pair_fig],
-        data_file=data_file,
+        data_file=store_name("depth"),
+        data=runs.dataset({"seeds_key": "jax.random.key(1): split into the data key and the "
+                           "nets' key, which is split once per batch in order of group"}),
         settings=dict(cfg, depths=list(cfg["depths"]), losses=list(cfg["losses"]),
                       teacher_widths=list(TEACHER_WIDTHS), init="gaussian", reduction="mean",
                       solver="tsit5", num_saves=NUM_SAVES, decades=DECADES,

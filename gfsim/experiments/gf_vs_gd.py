@@ -12,7 +12,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, pyplot, register_experiment, save_figure
+from . import Claim, Result, Runs, pyplot, register_experiment, save_figure, store_name
 
 SETTINGS = {
     # t1: the GF end time (experiment A's); t_gd: the simulated time GD is run to (steps = t_gd/lr).
@@ -150,18 +150,32 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
     fig = "gf_vs_gd.png"
     _figure(os.path.join(out_dir, fig), ts_gd, dist, dist2, ts_gf, drift_gf, drift_gd, drift_gd2,
             lr, lr2, ok, np.asarray(gf.loss), np.asarray(gd.loss))
-    data_file = "gf_vs_gd.npz"
-    np.savez(
-        os.path.join(out_dir, data_file),
-        ts_gd=ts_gd, ts_gf=ts_gf, save_steps=save_steps, lr=lr, lr2=lr2, dist=dist, dist2=dist2,
-        gf_status=status, gf_loss=np.asarray(gf.loss), gd_loss=np.asarray(gd.loss),
-        gd2_loss=np.asarray(gd2.loss), drift_gf=drift_gf, drift_gd=drift_gd, drift_gd2=drift_gd2,
-        bd_gf=bd_gf, bd_gf_tgd=drift_gf_tgd, bd_gd=bd_gd, bd_gd2=bd_gd2, gf_steps=np.asarray(
-            gf.num_steps), gd_steps=steps, seconds_gf_t1=gf_t1_time, seconds_gf_tgd=gf_tgd_time,
-        seconds_gd=gd_time, seconds_gf_first=gf_first, seconds_gd_first=gd_first,
-        moving=moving, gf_final_loss=np.asarray(gf.final_loss),
-        gd_final_loss=np.asarray(gd.final_loss), ratio_dist=ratio_dist, ratio_drift=ratio_drift,
-    )
+    runs = Runs()
+    fixed = dict(dataset="paper_pair", depth=2, width=2, init="disk", init_scale=1e-4,
+                 loss="square", reduction="mean", seed=np.arange(cfg["seeds"]))
+    nan = np.full(cfg["seeds"], np.nan)
+    runs.add(gf, coords=dict(fixed, flow="gf", lr=np.nan, t1=t1, rtol=cfg["rtol"],
+                             max_steps=cfg["max_steps"], steps=np.nan),
+             extra={"moving": moving, "drift": (("run", "time"), drift_gf), "balance_drift": bd_gf,
+                    "balance_drift_to_t_gd": drift_gf_tgd, "ratio_distance": nan,
+                    "ratio_drift": nan}, save_weights=True)
+    for tr, rate, n_steps, d, drift, bd, rd, rdr in (
+            (gd, lr, steps, dist, drift_gd, bd_gd, nan, nan),
+            (gd2, lr2, steps // 2, dist2, drift_gd2, bd_gd2, ratio_dist, ratio_drift)):
+        runs.add(tr, coords=dict(fixed, flow="gd", lr=rate, t1=t_gd, rtol=np.nan,
+                                 max_steps=n_steps, steps=n_steps),
+                 extra={"moving": moving, "drift": (("run", "time"), drift),
+                        "balance_drift": bd,
+                        "balance_drift_to_t_gd": bd, "ratio_distance": rd, "ratio_drift": rdr,
+                        "distance_to_gf": (("run", "time"), d),
+                        "step": (("run", "time"), np.tile(
+                            np.round(np.asarray(tr.ts) / rate).astype(np.int64),
+                            (cfg["seeds"], 1)))},
+                 save_weights=True)
+    seconds = dict(seconds_gf_t1=gf_t1_time, seconds_gf_tgd=gf_tgd_time, seconds_gd=gd_time,
+                   seconds_gf_first=gf_first, seconds_gd_first=gd_first)
+    for k, v in seconds.items():
+        runs.array(k, v)
 
     setting = (f"experiment A's first {cfg['seeds']} seeds: size-2 dataset, widths (2,2,2) ReLU, "
                f"disk init 1e-4, square loss mean reduction; GF tsit5 rtol {cfg['rtol']:g} to "
@@ -247,10 +261,13 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         title="GF vs the authors' GD stand-in (lr 1e-4)",
         claims=claims,
         figures=[fig],
-        data_file=data_file,
+        data_file=store_name("gf_vs_gd"),
         settings=dict(cfg, widths=[2, 2, 2], init="disk", scale=1e-4, loss="square",
                       reduction="mean", solver="tsit5", gd_steps=steps, lr2=lr2,
                       net_key=NET_KEY),
         seconds=time.perf_counter() - start,
         notes=notes,
+        data=runs.dataset({"net_key": NET_KEY, "flows": "flow='gf': gradient flow to t1; "
+                           "flow='gd': gradient descent at lr for `steps` steps (t = lr x "
+                           "steps), distance_to_gf against the GF run of the same seed"}),
     )

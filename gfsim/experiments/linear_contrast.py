@@ -14,7 +14,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, pyplot, register_experiment, save_figure
+from . import Claim, Result, Runs, pyplot, register_experiment, save_figure, store_name
 
 SETTINGS = {
     "quick": dict(scales=(1e-2, 1e-3, 1e-4), seeds=8, t1=40.0, num_saves=150, rtol=1e-8,
@@ -211,17 +211,26 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
 
     fig = "linear_singular_values.png"
     _figure(os.path.join(out_dir, fig), ts, scales, seeds, sv, s, t_pred, t_half, log_inv, relu)
-    data_file = "linear.npz"
-    payload = dict(
-        ts=ts, scales=np.asarray(scales), run_scale=run_scale, run_seed=run_seed, target=s, A=A,
-        sv=sv, eff_rank=eff, eff_analytic=eff_analytic, final_e2e=final_e2e,
-        final_loss=final_loss, status=status, a0=a0, t_half=t_half, t_pred=t_pred,
-        next_share=next_share, slopes=slopes, expected_slopes=1.0 / s, num_rank=num_rank,
-        eff_mid=eff_mid,
-    )
+    runs = Runs()
+    fixed = dict(dataset="whitened_regression", n=N_POINTS, dim=D, width=D, depth=2,
+                 init="normal", init_scale=run_scale, seed=run_seed, t1=t1, rtol=cfg["rtol"],
+                 loss="square", reduction="sum", solver="tsit5")
+    runs.add(tr, coords=dict(fixed, activation="linear", max_steps=20_000), extra={
+        "e2e_singular_values": (("run", "time", "e2e_sv"), sv),
+        "effective_rank": (("run", "time"), eff),
+        "final_e2e": (("run", "e2e_out", "e2e_in"), final_e2e),
+        "a0": (("run", "mode"), a0), "t_half": (("run", "mode"), t_half),
+        "t_pred": (("run", "mode"), t_pred), "next_share": (("run", "next_mode"), next_share),
+        "numerical_rank": num_rank, "effective_rank_mid": eff_mid})
     if relu is not None:
-        payload.update({f"relu/{k}": v for k, v in relu.items()})
-    np.savez(os.path.join(out_dir, data_file), **payload)
+        runs.add(rtr, coords=dict(fixed, activation="relu", max_steps=cfg["relu_max_steps"]),
+                 extra={"stable_rank_W1": relu["sr_w1"]})
+    runs.array("target", s, ("mode",))
+    runs.array("A", A, ("e2e_out", "e2e_in"))
+    runs.array("slopes", slopes, ("mode",))
+    runs.array("expected_slopes", 1.0 / s, ("mode",))
+    runs.array("scales", np.asarray(scales), ("scale",))
+    runs.array("effective_rank_analytic", eff_analytic)
 
     # ---- claims ----
     linear_stalled = int(np.sum(status != gfsim.Status.REACHED_T1))
@@ -294,7 +303,9 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         title="Linear contrast: greedy low-rank learning of a depth-2 linear net",
         claims=claims,
         figures=[fig],
-        data_file=data_file,
+        data_file=store_name("linear"),
+        data=runs.dataset({"data_key": DATA_KEY, "net_key": NET_KEY, "e2e": "e2e_*: the "
+                           "end-to-end map W2 W1 (linear runs; NaN on the ReLU runs)"}),
         settings=dict(cfg, scales=list(scales), target=list(TARGET), widths=[D, D, D],
                       n=N_POINTS, init="normal", loss="square", reduction="sum",
                       solver="tsit5", data_key=DATA_KEY, net_key=NET_KEY),

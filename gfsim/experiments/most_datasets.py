@@ -17,7 +17,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, pyplot, register_experiment, save_figure
+from . import Claim, Result, Runs, pyplot, register_experiment, save_figure, store_name
 
 SETTINGS = {
     "quick": dict(dims=(2, 10), widths=(2, 16), datasets=40, seeds=4, t1=300.0, rtol=1e-8,
@@ -44,7 +44,7 @@ def start_regions(w1: np.ndarray, X: np.ndarray):
     return (pre[..., 0] > 0) & (pre[..., 1] <= 0), (pre[..., 1] > 0) & (pre[..., 0] <= 0)
 
 
-def _one(cfg, dim, width, kd, kn) -> dict:
+def _one(cfg, dim, width, kd, kn, runs: Runs) -> dict:
     data = gfsim.data.random_pairs(kd, cfg["datasets"], dim)
     nets = gfsim.MLP((dim, width, 2), key=kn, init="disk", scale=SCALE, runs=cfg["seeds"])
     g_nets, g_data = gfsim.grid(nets, data)  # run = dataset * seeds + seed
@@ -69,6 +69,17 @@ def _one(cfg, dim, width, kd, kn) -> dict:
     # The claim is about probability over the init: a dataset counts when GF ends far from
     # rank 1 in at least one of its seeds (an estimate of "with non-negligible probability").
     some_far_d = np.any(conv_d & (sr_d >= FAR), axis=1)
+    per_run = lambda a: np.repeat(a, S)  # noqa: E731 - a dataset's value on each of its runs
+    runs.add(tr, coords=dict(
+        dataset="random_pairs", dim=dim, width=width, depth=2, init="disk", init_scale=SCALE,
+        t1=cfg["t1"], rtol=cfg["rtol"], max_steps=cfg["max_steps"], loss="square",
+        reduction="mean", solver="tsit5", method="auto", pair=per_run(np.arange(D)),
+        seed=np.tile(np.arange(S), D)),
+        extra={"angle": angle, "stable_rank_W1": sr, "converged": conv, "stalled": stalled,
+               "split_start": split, "dataset_has_converged": per_run(has_conv),
+               "dataset_far": per_run(far_d), "dataset_some_far": per_run(some_far_d),
+               "X": (("run", "point", "in"), X)},
+        initial_weights=g_nets.weights, final_weights=True)
     return dict(
         angle=angle, loss=loss, status=status, stable_rank=sr, converged=conv, stalled=stalled,
         split_start=split, t_final=np.asarray(tr.t_final), steps=np.asarray(tr.num_steps),
@@ -124,19 +135,17 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
     os.makedirs(out_dir, exist_ok=True)
     key = jax.random.key(2)
     results = {}
+    runs = Runs()
     for d in cfg["dims"]:
         key, kd = jax.random.split(key)  # the same datasets for every width
         for w in cfg["widths"]:
             key, kn = jax.random.split(key)
-            results[(d, w)] = _one(cfg, d, w, kd, kn)
+            results[(d, w)] = _one(cfg, d, w, kd, kn, runs)
             if progress is not None:
                 progress(f"most_datasets: d={d} width {w}")
 
     fig = "most_datasets_sr_vs_angle.png"
     _figure(os.path.join(out_dir, fig), results, cfg)
-    data_file = "most_datasets.npz"
-    np.savez(os.path.join(out_dir, data_file),
-             **{f"d{d}-w{w}/{f}": v for (d, w), r in results.items() for f, v in r.items()})
 
     claims, notes = [], []
     n_runs = cfg["datasets"] * cfg["seeds"]
@@ -249,7 +258,10 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         title="Most datasets of size 2: random pairs on the sphere",
         claims=claims,
         figures=[fig],
-        data_file=data_file,
+        data_file=store_name("most_datasets"),
+        data=runs.dataset({"seeds_key": "jax.random.key(2): split once per dim (the pairs, "
+                           "shared by every width) and once per (dim, width) (the nets)",
+                           "pair": "run = pair * seeds + seed within a (dim, width)"}),
         settings=dict(cfg, dims=list(cfg["dims"]), widths=list(cfg["widths"]), loss="square",
                       reduction="mean", solver="tsit5", method="auto (events for ReLU)",
                       init="disk", scale=SCALE,

@@ -12,7 +12,7 @@ import numpy as np
 import gfsim
 from gfsim import analysis
 
-from . import Claim, Result, pyplot, register_experiment, save_figure
+from . import Claim, Result, Runs, pyplot, register_experiment, save_figure, store_name
 
 SETTINGS = {
     "quick": dict(seeds=288, widths=(2, 16), t1=300.0, rtol=1e-8, max_steps_xavier=5_000),
@@ -89,6 +89,9 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
     analytic = 2.0 / (1.0 + abs(cos))
     key = jax.random.key(0)
     results = {}
+    runs = Runs()
+    fixed = dict(dataset="paper_pair", depth=2, t1=cfg["t1"], rtol=cfg["rtol"], loss="square",
+                 reduction="mean", solver="tsit5", method="auto")
     configs = [("disk", w) for w in cfg["widths"]] + [("xavier", w) for w in cfg["widths"]]
     for init, width in configs:
         key, sub = jax.random.split(key)
@@ -97,18 +100,19 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         max_steps = 20_000 if init == "disk" else cfg["max_steps_xavier"]
         tr = gfsim.simulate(net, data, cfg["t1"], rtol=cfg["rtol"], reduction="mean",
                             max_steps=max_steps)
-        results[f"{init}-w{width}"] = summarise(tr, np.asarray(net.weights[0]), X)
+        r = results[f"{init}-w{width}"] = summarise(tr, np.asarray(net.weights[0]), X)
+        runs.add(tr, coords=dict(init=init, width=width, init_scale=scale, max_steps=max_steps,
+                                 seed=np.arange(cfg["seeds"]), **fixed),
+                 extra={"stable_rank": (("run", "layer"), r["stable_rank"]),
+                        "converged": r["converged"], "split_start": r["split_start"]},
+                 initial_weights=net.weights, group=f"{init}-w{width}",
+                 summary={k: v for k, v in r.items() if np.ndim(v) == 0})
         if progress is not None:
             progress(f"negative: {init} width {width}")
 
     fig = "negative_stable_rank.png"
     _figure(os.path.join(out_dir, fig), results, analytic)
-    data_file = "negative.npz"
-    np.savez(
-        os.path.join(out_dir, data_file),
-        **{f"{k}/{f}": v for k, r in results.items() for f, v in r.items()},
-        X=X,
-    )
+    runs.array("X", X, ("point", "in"))
 
     claims = []
     rows = []
@@ -168,9 +172,10 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         title="A. Negative result at depth 2 (size-2 dataset)",
         claims=claims,
         figures=[fig],
-        data_file=data_file,
+        data_file=store_name("negative"),
         settings=dict(cfg, widths=list(cfg["widths"]), loss="square", reduction="mean",
                       solver="tsit5", seeds_key="jax.random.key(0)"),
         seconds=time.perf_counter() - start,
         notes=notes,
+        data=runs.dataset({"seeds_key": "jax.random.key(0), split once per (init, width)"}),
     )

@@ -17,7 +17,7 @@ import numpy as np
 
 import gfsim
 
-from . import Claim, Result, pyplot, register_experiment
+from . import Claim, Result, Runs, pyplot, register_experiment, store_name
 
 SETTINGS = {
     "quick": dict(widths=(2, 8), seeds=8, t1=300.0, num_saves=32, decades=2.5, rtol=1e-8,
@@ -115,7 +115,7 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
     ts = gfsim.log_times(cfg["t1"], cfg["num_saves"], cfg["decades"])
     t = np.asarray(ts)
     key = jax.random.key(1)
-    saved, rows, panels = {}, [], []
+    runs, rows, panels = Runs(), [], []
     n_start = n_stay = n_align = 0
     worst_cos = np.inf
     statuses = {}
@@ -156,14 +156,19 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         both = np.flatnonzero(s1.any(1) & s2.any(1))
         show = int(both[0]) if both.size else 0
         panels.append((f"width {width}, seed {show}", w1[show], loss[show]))
-        saved.update({
-            f"w{width}/W1": w1, f"w{width}/W2": np.asarray(tr.weights[1]), f"w{width}/loss": loss,
-            f"w{width}/final_W1": w1_final, f"w{width}/final_loss": np.asarray(tr.final_loss),
-            f"w{width}/status": status, f"w{width}/start_only_x1": s1,
-            f"w{width}/start_only_x2": s2, f"w{width}/stay_only_x1": stay1,
-            f"w{width}/stay_only_x2": stay2, f"w{width}/final_cos_x1": cos1,
-            f"w{width}/final_cos_x2": cos2, f"w{width}/display_seed": show,
-        })
+        runs.add(tr, coords=dict(
+            dataset="paper_pair", depth=2, width=width, init="disk", init_scale=SCALE,
+            seed=np.arange(cfg["seeds"]), t1=cfg["t1"], rtol=cfg["rtol"],
+            max_steps=cfg["max_steps"], num_saves=cfg["num_saves"], decades=cfg["decades"],
+            loss="square", reduction="mean", solver="tsit5"),
+            extra={"start_only_x1": (("run", "neuron"), s1),
+                   "start_only_x2": (("run", "neuron"), s2),
+                   "stay_only_x1": (("run", "neuron"), stay1),
+                   "stay_only_x2": (("run", "neuron"), stay2),
+                   "final_cos_x1": (("run", "neuron"), cos1),
+                   "final_cos_x2": (("run", "neuron"), cos2),
+                   "displayed": np.arange(cfg["seeds"]) == show},
+            save_weights=True, final_weights=True)
         if progress is not None:
             progress(f"neurons: width {width}")
 
@@ -191,9 +196,8 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
     plt.close(fig)
     figures.append(gif)
 
-    data_file = "neurons.npz"
-    np.savez(os.path.join(out_dir, data_file), ts=t, X=X, frame_idx=np.asarray(frame_idx),
-             **saved)
+    runs.array("X", X, ("point", "in"))
+    runs.array("frame_idx", np.asarray(frame_idx), ("frame",))
 
     ok = n_start > 0 and n_stay == n_start and n_align == n_start
     claims = [Claim(
@@ -220,7 +224,9 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         title="A. Neurons of W1 on the plane (size-2 dataset)",
         claims=claims,
         figures=figures,
-        data_file=data_file,
+        data_file=store_name("neurons"),
+        data=runs.dataset({"seeds_key": "jax.random.key(1), split once per width",
+                           "displayed": "the run drawn in the frames and the GIF, per width"}),
         settings=dict(cfg, widths=list(cfg["widths"]), loss="square", reduction="mean",
                       solver="tsit5", init="disk", scale=SCALE, seeds_key="jax.random.key(1)"),
         seconds=time.perf_counter() - start,

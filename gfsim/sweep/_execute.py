@@ -13,14 +13,14 @@ import glob
 import json
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
 import traceback
 import uuid
 
 from .. import store as gstore
+from .._signals import restore as restore_signals
+from .._signals import stop_on_signals
 from ._plan import Plan, format_plan, plan
 from ._spec import FORMAT, Spec
 
@@ -234,8 +234,7 @@ def _sweep_locked(spec, store, manifest, p, backend, ray, progress, start) -> di
             _run_ray(ray, pending, args, finished)
     finally:
         bar.close()
-        for sig, handler in restore.items():
-            signal.signal(sig, handler)
+        restore_signals(restore)
     summary["interrupted"] = stop["signal"]
     summary["wall_time"] = time.perf_counter() - start
     return summary
@@ -245,18 +244,8 @@ def _stop_on_signals(stop: dict) -> dict:
     """SIGINT and SIGTERM end the sweep at the next batch boundary: the batch being solved is
     finished and committed, no new one starts (``stop["signal"]`` records which signal). A
     second signal interrupts at once (KeyboardInterrupt); committed batches stay whole either
-    way. Only in the main thread (Python delivers signals there). Returns the old handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def on_signal(signum, frame):
-        if stop["signal"] is not None:
-            raise KeyboardInterrupt
-        stop["signal"] = signum
-        print(f"gfsim sweep: {signal.Signals(signum).name}: stopping after the current batch "
-              "(again to stop now)", file=sys.stderr, flush=True)
-
-    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    way. Returns the old handlers."""
+    return stop_on_signals(stop, "gfsim sweep", "batch")
 
 
 def _run_local(pending, args, finished, stop=None):
