@@ -72,8 +72,10 @@ def build_net(cfg: dict) -> MLP:
 
 def simulate_kwargs(cfg: dict) -> dict:
     """The keyword arguments of :func:`gfsim.simulate` a config stands for."""
-    return {k: cfg[k] for k in ("num_saves", "decades", "loss", "reduction", "solver", "rtol",
-                                "atol", "stop_loss", "max_steps", "method", "max_sliding")}
+    kw = {k: cfg[k] for k in ("num_saves", "decades", "loss", "reduction", "solver", "rtol",
+                              "atol", "stop_loss", "max_steps", "method", "max_sliding")}
+    kw["max_sliding"] = kw["max_sliding"] or None  # 0 in a spec (TOML has no None)
+    return kw
 
 
 def _data_key(cfg):

@@ -180,7 +180,7 @@ FIELDS: dict[str, Field] = {
                        "stop a run once its loss is below this (none: never)"),
     "max_steps": Field(100_000, _int(1), "step budget per run"),
     "method": Field("auto", _choice(lambda: ("auto", "events", "plain")), "simulate(method=)"),
-    "max_sliding": Field(16, _int(1), "simulate(max_sliding=)"),
+    "max_sliding": Field(0, _int(0), "simulate(max_sliding=); 0: grow as a run needs (None)"),
 }
 
 
