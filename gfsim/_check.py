@@ -169,3 +169,57 @@ def run_index(index, runs: int, what: str):
             f"{allowed}.")
     # a list of integers works as an integer array (JAX itself refuses list indices)
     return arr if isinstance(index, (list, range)) else index
+
+
+def _line(value) -> str:
+    return " ".join(_show(value).split())
+
+
+def net_and_data(net, data) -> None:
+    """``net`` a :class:`gfsim.MLP` and ``data`` a :class:`gfsim.Dataset` that fit together
+    (widths, run axes), for functions that take both at given weights."""
+    from .data import Dataset
+    from .nets import MLP
+    from .trajectory import Trajectory
+
+    if not isinstance(net, MLP):
+        hint = ""
+        if isinstance(net, Trajectory):
+            hint = ("; for where a run ended, pass gfsim.MLP.from_weights(traj.final_weights, "
+                    "traj.activation)")
+        raise ValueError(f"net={_line(net)} ({type(net).__name__}) is not allowed; allowed: a "
+                         f"gfsim.MLP (one net or a batch){hint}.")
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data={_line(data)} ({type(data).__name__}) is not allowed; allowed: "
+                         "a gfsim.Dataset (one or a batch), e.g. gfsim.Dataset(X, Y).")
+    if net.widths[0] != data.d_in:
+        raise ValueError(
+            f"widths={net.widths} take inputs of dimension {net.widths[0]}, but the data has "
+            f"d_in={data.d_in}; allowed: a net whose widths[0] is data.d_in.")
+    if net.widths[-1] != data.d_out:
+        raise ValueError(
+            f"widths={net.widths} give {net.widths[-1]} outputs, but the targets have "
+            f"d_out={data.d_out}; allowed: a net whose widths[-1] is data.d_out.")
+    if net.is_batched and data.is_batched and net.runs != data.runs:
+        raise ValueError(
+            f"a batch of {net.runs} nets and a batch of {data.runs} datasets; allowed: equal "
+            "run axes (or one of them unbatched; gfsim.grid pairs every net with every dataset).")
+
+
+def finite_net(net, why: str) -> None:
+    """Refuse NaN or inf in concrete weights or biases, naming the layer and (for a batch) the
+    runs; ``why`` ends the message. Traced arrays pass."""
+    for field, arrays in (("weights", net.weights), ("biases", net.biases or ())):
+        for j, a in enumerate(arrays):
+            if is_traced(a):
+                continue
+            bad = ~np.isfinite(np.asarray(a))
+            if not bad.any():
+                continue
+            where = ""
+            if net.is_batched:
+                runs = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(1))
+                where = f" of runs {runs[:8].tolist()}{' ...' if len(runs) > 8 else ''}"
+            raise ValueError(
+                f"net.{field}[{j}]{where} contains non-finite values (NaN or inf); allowed: "
+                f"finite weights ({why}).")

@@ -8,6 +8,11 @@ scale. What needs a helper is a *time* defined by the flow: the first time the l
 a tolerance. ``simulate(..., stop_loss=tol)`` ends at the end of the solver step that crossed
 it (not at the crossing), and its ``t_final`` has derivative zero (it is picked by a boolean).
 :func:`stop_time` finds the crossing and differentiates it by the implicit-function rule.
+
+Arguments are checked in plain Python before anything is traced or compiled (one ValueError
+naming the argument and what is allowed): ``net`` a bias-free :class:`gfsim.MLP` with finite
+weights that fits ``data`` (a :class:`gfsim.Dataset`), ``tol`` and ``t1`` finite numbers > 0 (or
+traced), ``scale`` a finite real number (or traced), options that ``simulate`` takes.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from . import _check
 from .data import Dataset
+from .losses import LOSSES, check_reduction
 from .nets import MLP
 from .trajectory import Status
 
@@ -27,6 +34,10 @@ def scaled(net: MLP, scale) -> MLP:
     """``net`` with every weight (and bias) multiplied by ``scale`` (traced: differentiate with
     respect to it). Built from an init of scale 1, this is the init of scale ``scale`` for the
     linear-in-scale inits (``gaussian``, ``normal``, ``xavier``, ``orthogonal``, ``disk``)."""
+    if not isinstance(net, MLP):
+        raise ValueError(f"net={_check._line(net)} ({type(net).__name__}) is not allowed; "
+                         "allowed: a gfsim.MLP (one net or a batch).")
+    _check.real(scale, "scale")
     return jax.tree_util.tree_map(lambda w: scale * w, net)
 
 
@@ -65,23 +76,47 @@ def stop_time(net: MLP, data: Dataset, tol, t1, *, loss: str = "square",
     **Limits:** the rate ``-||grad L||^2`` is that of the plain field: for a ReLU net whose
     flow slides at t* (pairs held on their kinks) it is not the sliding field's, and t* and its
     derivative are then off; a run already below ``tol`` at t = 0 gives 0."""
-    from .flow import check_problem, check_scalar
-
-    check_problem(net, data)
-    if net.biases is not None:
-        raise ValueError("stop_time: net has biases; allowed: a bias-free net (the Trajectory "
-                         "keeps final weights only).")
-    check_scalar(tol, "tol", positive=True)
-    check_scalar(t1, "t1", positive=True)
-    for bad in ("ts", "stop_loss", "stop_grad", "num_saves"):
-        if bad in simulate_options:
-            raise ValueError(f"{bad} is set by stop_time; leave it out.")
+    _check_stop_time(net, data, tol, t1, loss, reduction, simulate_options)
     kw = dict(loss=loss, reduction=reduction, **simulate_options)
     if net.is_batched or data.is_batched:
         return jax.vmap(lambda n, d: _stop_time_one(n, d, tol, t1, kw),
                         in_axes=(0 if net.is_batched else None,
                                  0 if data.is_batched else None))(net, data)
     return _stop_time_one(net, data, tol, t1, kw)
+
+
+_SET_BY_STOP_TIME = ("ts", "stop_loss", "stop_grad", "num_saves")
+
+
+def _check_stop_time(net, data, tol, t1, loss, reduction, options) -> None:
+    """The arguments of :func:`stop_time` that it owns, in plain Python before anything is
+    traced: the options it forwards are checked by ``simulate`` itself, which also runs its
+    checks before compiling (under ``vmap`` the weights are traced there, so the finiteness of
+    the initial weights is checked here)."""
+    import inspect
+
+    from .flow import simulate
+
+    _check.net_and_data(net, data)
+    if net.biases is not None:
+        raise ValueError("stop_time: net has biases; allowed: a bias-free net (the Trajectory "
+                         "keeps final weights only).")
+    _check.finite_net(net, "a run cannot start there")
+    LOSSES.check(loss, "loss")
+    check_reduction(reduction)
+    _check.real(tol, "tol", lo=0.0, strict=True)
+    _check.real(t1, "t1", lo=0.0, strict=True)
+    forwarded = [name for name in inspect.signature(simulate).parameters
+                 if name not in ("net", "data", "t1", "loss", "reduction")
+                 and name not in _SET_BY_STOP_TIME]
+    for name, value in options.items():
+        if name in _SET_BY_STOP_TIME:
+            raise ValueError(f"{name} is set by stop_time (got {name}={_check._line(value)}); "
+                             "allowed: leave it out (stop_time picks the stop and save times).")
+        if name not in forwarded:
+            raise ValueError(f"stop_time got an unknown option {name}={_check._line(value)}; "
+                             f"allowed: the options of gfsim.simulate it forwards: "
+                             f"{', '.join(forwarded)}.")
 
 
 def _stop_time_one(net, data, tol, t1, kw):

@@ -6,6 +6,12 @@ Hessian-vector products (``jax.jvp`` of the gradient), so the cost is a few doze
 forward-over-reverse passes per run, batched over runs with ``vmap``. For a ReLU net the
 Hessian is that of the current activation pattern (the loss is smooth inside it; JAX's
 derivative of relu at 0 is 0).
+
+Arguments are checked in plain Python before anything is traced or compiled: a ``net`` that is
+not a :class:`gfsim.MLP` (a Trajectory included), ``data`` that is not a :class:`gfsim.Dataset`
+or does not fit the net, NaN or inf weights (the Hessian there is undefined), an unknown loss or
+reduction, a ``k`` or ``iters`` that is not an integer in range, a bad ``key`` or a tolerance
+that is not a finite number > 0 is one ValueError naming the argument and what is allowed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from . import _check
 from .data import Dataset
 from .losses import LOSSES, check_reduction, loss_value
 from .nets import MLP
@@ -96,25 +103,33 @@ def hessian_extremes(
 
     **Returns:** ``(smallest, largest)``, each ``(..., k)``, ascending and descending.
     """
-    from .flow import check_problem
+    k, iters, key = _check_arguments(net, data, loss, reduction, k, iters, key)
+    return _extremes(net, data, loss, reduction, k, iters, key)
 
-    check_problem(net, data)
+
+def _check_arguments(net, data, loss, reduction, k, iters, key):
+    """Every argument of :func:`hessian_extremes`, in plain Python (nothing is traced or
+    compiled before they pass); returns ``k``, ``iters`` and ``key`` resolved."""
+    _check.net_and_data(net, data)
+    _check.finite_net(net, "the Hessian at NaN or inf weights is undefined; select the finite "
+                           "runs, e.g. nets[mask]")
     LOSSES.check(loss, "loss")
     check_reduction(reduction)
     p = sum(math.prod(w.shape[-2:]) for w in net.weights)
     if net.biases is not None:
         p += sum(b.shape[-1] for b in net.biases)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= p:
-        raise ValueError(f"k={k!r} is not allowed; allowed: an integer from 1 to {p} (the "
-                         "number of parameters).")
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 1 <= k <= p:
+        raise ValueError(f"k={_check._line(k)} is not allowed; allowed: an integer from 1 to {p} "
+                         "(the number of parameters).")
+    k = int(k)
     if iters is None:
-        iters = min(p, max(4 * int(k) + 40, 64))
-    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or not (
-            k <= iters <= p):
-        raise ValueError(f"iters={iters!r} is not allowed; allowed: an integer from k={k} to "
-                         f"{p} (the number of parameters).")
-    key = jax.random.key(0) if key is None else key
-    return _extremes(net, data, loss, reduction, int(k), int(iters), key)
+        iters = min(p, max(4 * k + 40, 64))
+    if isinstance(iters, (bool, np.bool_)) or not isinstance(iters, (int, np.integer)) \
+            or not k <= iters <= p:
+        raise ValueError(f"iters={_check._line(iters)} is not allowed; allowed: None or an "
+                         f"integer from k={k} to {p} (the number of parameters).")
+    key = jax.random.key(0) if key is None else _check.prng_key(key)
+    return k, int(iters), key
 
 
 @eqx.filter_jit
@@ -156,11 +171,9 @@ def classify_endpoint(
     **Returns:** a dict of NumPy arrays: ``kind`` (strings), ``grad_norm``, ``lambda_min``,
     ``lambda_max``.
     """
-    from .flow import check_problem, check_scalar
-
-    check_problem(net, data)
-    check_scalar(grad_tol, "grad_tol", positive=True)
-    check_scalar(curvature_tol, "curvature_tol", positive=True)
+    _check.real(grad_tol, "grad_tol", lo=0.0, strict=True)
+    _check.real(curvature_tol, "curvature_tol", lo=0.0, strict=True)
+    _, _, key = _check_arguments(net, data, loss, reduction, 1, None, key)
     lo, hi = hessian_extremes(net, data, loss=loss, reduction=reduction, k=1, key=key)
     gn = np.asarray(_grad_norm(net, data, loss, reduction))
     lmin, lmax = np.asarray(lo[..., 0]), np.asarray(hi[..., 0])

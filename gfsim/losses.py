@@ -41,7 +41,7 @@ register_loss("logistic", lambda f, y: jax.nn.softplus(-y * f))
 
 
 def check_reduction(reduction: str) -> str:
-    if reduction not in REDUCTIONS:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r} is not allowed; allowed: mean, sum.")
     return reduction
 
