@@ -19,8 +19,8 @@ singular values, save counts) are padded with NaN. Variables:
   stop are NaN, the final weights are not);
 - ``final_loss``, ``t_final``, ``status`` (its label: ``reached_t1``, ``stop_loss``, ...),
   ``status_code`` (:class:`gfsim.Status`), ``num_steps``, ``num_accepted``, ``num_rejected``,
-  ``num_crossings``, ``num_slides`` and ``max_sliding`` (the room for deeper held pairs the
-  run had; -1: not counted by that method), ``layer_out`` and
+  ``num_crossings``, ``num_slides`` and ``sliding_room`` (``Trajectory.max_sliding``: the room
+  for deeper held pairs the run had; -1: not counted by that method), ``layer_out`` and
   ``layer_in`` (each layer's shape; 0 past a run's depth);
 - in a sweep: ``batch``, ``batch_wall_time`` (seconds for the run's whole batch: inputs, solve,
   conversion), ``batch_solve_time`` (of which the simulate call, compile included) and
@@ -153,7 +153,7 @@ def to_xarray(traj, *, save_weights: bool = False, **coords):
         "num_rejected": ("run", counts(traj.num_rejected)),
         "num_crossings": ("run", counts(traj.num_crossings)),
         "num_slides": ("run", counts(traj.num_slides)),
-        "max_sliding": ("run", counts(traj.max_sliding)),
+        "sliding_room": ("run", counts(traj.max_sliding)),
         "layer_out": (("run", "layer"), np.tile([w.shape[-2] for w in weights], (runs, 1))),
         "layer_in": (("run", "layer"), np.tile([w.shape[-1] for w in weights], (runs, 1))),
     }
