@@ -50,6 +50,45 @@ def _cholesky_solve(G, valid, rhs):
     return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(G), rhs[..., None])[..., 0]
 
 
+def _blocks_solve(G, valid, rhs):
+    """G^-1 rhs for a batch of small Gram blocks (..., s, s), as :func:`_cholesky_solve` but in
+    plain array operations, a loop over the s columns: no LAPACK call. (jaxlib 0.10.2's
+    thread-pooled batched LAPACK kernels deadlocked on LU before; a batch of many tiny
+    Cholesky factorisations, one per unit and lane, coincided with worker segfaults in the
+    test suite.)"""
+    s = G.shape[-1]
+    diag = jnp.diagonal(G, axis1=-2, axis2=-1)
+    scale = jnp.maximum(jnp.max(diag, axis=-1, keepdims=True), jnp.finfo(G.dtype).tiny)
+    jitter = jnp.maximum(1e-13 * scale, jnp.finfo(G.dtype).tiny)
+    eye = jnp.eye(s, dtype=G.dtype)
+    G = G + jnp.where(valid, jitter, 1.0)[..., None] * eye
+    rows = jnp.arange(s)
+
+    def column(j, L):  # the j-th column of the Cholesky factor L (G = L L^T)
+        Lj = jnp.where(rows < j, jnp.take(L, j, axis=-2), 0.0)  # row j of L, k < j
+        v = jnp.take(G, j, axis=-1) - jnp.einsum("...ik,...k->...i", L, Lj)
+        d = jnp.sqrt(jnp.maximum(jnp.take(v, j, axis=-1), jnp.finfo(G.dtype).tiny))
+        col = jnp.where(rows >= j, v / d[..., None], 0.0)
+        return jnp.where(rows[None, :] == j, col[..., :, None], L)
+
+    L = jax.lax.fori_loop(0, s, column, jnp.zeros_like(G))
+    Ld = jnp.diagonal(L, axis1=-2, axis2=-1)
+
+    def forward(i, y):  # L y = rhs
+        acc = jnp.einsum("...k,...k->...", jnp.take(L, i, axis=-2), y)
+        yi = (jnp.take(rhs, i, axis=-1) - acc) / jnp.take(Ld, i, axis=-1)
+        return jnp.where(rows == i, yi[..., None], y)
+
+    def backward(k, x):  # L^T x = y, from the last row up
+        i = s - 1 - k
+        acc = jnp.einsum("...k,...k->...", jnp.take(L, i, axis=-1), x)
+        xi = (jnp.take(y, i, axis=-1) - acc) / jnp.take(Ld, i, axis=-1)
+        return jnp.where(rows == i, xi[..., None], x)
+
+    y = jax.lax.fori_loop(0, s, forward, jnp.zeros_like(rhs))
+    return jax.lax.fori_loop(0, s, backward, jnp.zeros_like(rhs))
+
+
 def solve_gram(J: Float[Array, "K p"], valid: Bool[Array, " K"], rhs):
     """(J J^T)^-1 rhs over the valid rows."""
     return _cholesky_solve(J @ J.T, valid, rhs)
@@ -96,7 +135,7 @@ class HeldRows:
         return jax.linear_transpose(self.a1, self.theta)(m1)[0]
 
     def solve1(self, r1):
-        return _cholesky_solve(self.G1, self.valid1, jnp.where(self.valid1, r1, 0.0))
+        return _blocks_solve(self.G1, self.valid1, jnp.where(self.valid1, r1, 0.0))
 
     def p1(self, v):
         """v with its component along the first layer's held rows removed."""
