@@ -210,20 +210,7 @@ def _check_save_rule(num_saves, decades) -> None:
 def _check_start(net) -> None:
     """Refuse non-finite initial weights and biases (a run cannot start there: it would spend
     its whole step budget at t = 0), naming the runs."""
-    for field, arrays in (("weights", net.weights), ("biases", net.biases or ())):
-        for j, a in enumerate(arrays):
-            if isinstance(a, jax.core.Tracer):
-                continue
-            bad = ~np.isfinite(np.asarray(a))
-            if not bad.any():
-                continue
-            where = ""
-            if net.is_batched:
-                runs = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(1))
-                where = f" of runs {runs[:8].tolist()}{' ...' if len(runs) > 8 else ''}"
-            raise ValueError(
-                f"net.{field}[{j}]{where} contains non-finite values (NaN or inf); the initial "
-                "weights must be finite.")
+    _check.finite_net(net, "the initial weights must be finite")
 
 
 def _as_array(x, dtype):
