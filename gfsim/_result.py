@@ -29,6 +29,7 @@ class RawResult(eqx.Module):
     num_slides: Int[Array, "*runs"] | None = None
     sliding: tuple[Array, ...] | None = None
     loop_steps: Int[Array, ""] | None = None
+    t_stiff: Float[Array, "*runs"] | None = None
 
     def as_dict(self) -> dict:
         """The fields as a plain dict (a compiled program's output: built-in pytree nodes only,
@@ -44,12 +45,16 @@ class RawResult(eqx.Module):
 _FIELDS = tuple(RawResult.__dataclass_fields__)
 
 
-def status_from_diffrax(result, stop_loss_reached=None) -> Int[Array, "*runs"]:
+def status_from_diffrax(result, rules=None) -> Int[Array, "*runs"]:
     """Diffrax's outcome of a ``diffeqsolve`` (its ``RESULTS``) as a Status code. A stop event
-    is ``stop_loss`` where ``stop_loss_reached`` (None: the stop_loss rule was not given), else
-    ``stop_grad``."""
-    event = Status.STOP_GRAD if stop_loss_reached is None else jnp.where(
-        stop_loss_reached, Status.STOP_LOSS, Status.STOP_GRAD)
+    is the first of ``rules = (loss, grad, plateau)`` (booleans: which stop rules hold where
+    the run ended) that holds: ``stop_loss``, ``stop_grad``, ``plateau``."""
+    if rules is None:
+        event = Status.STOP_LOSS
+    else:
+        hit_loss, hit_grad, _ = rules
+        event = jnp.where(hit_loss, Status.STOP_LOSS,
+                          jnp.where(hit_grad, Status.STOP_GRAD, Status.PLATEAU))
     return jnp.where(
         result == diffrax.RESULTS.successful,
         Status.REACHED_T1,

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _check, _exported
 from . import methods as _methods
+from . import stiff as _stiff
 from ._result import RawResult, final_status, status_from_diffrax
 from .data import Dataset
 from .losses import LOSSES, check_reduction, loss_value
@@ -54,6 +55,8 @@ class _Static:
     net_batched: bool
     data_batched: bool
     progress: bool = False
+    has_stop_plateau: bool = False
+    log_time: bool = False
 
 
 _TRACES = [0]
@@ -69,8 +72,20 @@ def objective(net: MLP, data: Dataset, loss: str = "square", reduction: str = "m
     return loss_value(loss, reduction, net(data.X), data.Y, data.mask)
 
 
+def _theta_norm(norm):
+    """A step-size controller's norm, applied to the parameters of a watched state
+    ``(theta, counts)`` only (the counters carry no error)."""
+    return lambda y: norm(y[0] if isinstance(y, tuple) else y)
+
+
+def _with_scan_kind(solver, kind):
+    if getattr(solver, "scan_kind", "") is None:
+        return eqx.tree_at(lambda s: s.scan_kind, solver, kind, is_leaf=lambda x: x is None)
+    return solver
+
+
 def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
-    stop_loss, stop_grad = stops
+    stop_loss, stop_grad, stop_plateau = stops
     params0, skeleton = eqx.partition(net, eqx.is_array)
     # The solve runs on one flat parameter vector: the same RMS error norm as on the pytree,
     # but fewer buffers in the step loop (vmapped steps 1.9x cheaper on W-B on the CPU).
@@ -83,59 +98,133 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         return loss_of(unravel(theta), data)
 
     grad_fn = jax.grad(flat_loss)
+    loss0 = flat_loss(theta0, data)
     # A run whose loss or gradient is already non-finite at t = 0 (an init so large that the
     # loss overflows) would spend its whole step budget there, rejecting every step, and hold
     # a vmapped batch up: its field is zero instead, so it crosses to t1 in a few steps, and
     # ends as nonfinite at t_final = 0 below.
-    start_ok = jnp.isfinite(flat_loss(theta0, data)) & jnp.all(
-        jnp.isfinite(grad_fn(theta0, data)))
+    start_ok = jnp.isfinite(loss0) & jnp.all(jnp.isfinite(grad_fn(theta0, data)))
+    # Log time (cfg.log_time): the solver's clock is s = log(1 + t), the field times dt/ds.
+    clock = (lambda t: jnp.log1p(t)) if cfg.log_time else (lambda t: t)  # noqa: E731
+    wall = (lambda s: jnp.expm1(s)) if cfg.log_time else (lambda s: s)  # noqa: E731
+    S1, S_ts = clock(t1), clock(ts)
 
-    def field(t, theta, data):
-        return jnp.where(start_ok, -grad_fn(theta, data), 0.0)
+    def velocity(s, theta, data):
+        f = jnp.where(start_ok, -grad_fn(theta, data), 0.0)
+        return jnp.exp(s) * f if cfg.log_time else f
 
-    def stopped(t, y, args, **kw):
-        hit = jnp.zeros((), bool)
-        if cfg.has_stop:
-            hit = hit | (flat_loss(y, args) < stop_loss)
-        if cfg.has_stop_grad:
-            hit = hit | (jnp.linalg.norm(grad_fn(y, args)) < stop_grad)
-        return hit
+    def rules(s, theta, args):
+        """Which stop rules hold at (s, theta): (loss, grad, plateau)."""
+        no = jnp.zeros((), bool)
+        lval = flat_loss(theta, args) if (cfg.has_stop or cfg.has_stop_plateau) else None
+        g2 = (jnp.sum(grad_fn(theta, args) ** 2)
+              if (cfg.has_stop_grad or cfg.has_stop_plateau) else None)
+        hit_loss = lval < stop_loss if cfg.has_stop else no
+        hit_grad = g2 < stop_grad ** 2 if cfg.has_stop_grad else no
+        hit_plateau = no
+        if cfg.has_stop_plateau:
+            # the loss's relative decrease per decade of time, -dlnL/dlog10(t) = ln10 t |g|^2/L,
+            # once the loss has come down 1% from its start (so the start, where it is ~0, and
+            # the plateau of a small init before its escape do not count)
+            rate = math.log(10.0) * wall(s) * g2 / jnp.abs(lval)
+            hit_plateau = (lval < 0.99 * loss0) & (rate < stop_plateau)
+        return hit_loss, hit_grad, hit_plateau
 
-    event = diffrax.Event(stopped) if cfg.has_stop or cfg.has_stop_grad else None
+    has_rules = cfg.has_stop or cfg.has_stop_grad or cfg.has_stop_plateau
+    solver = cfg.method.solver
+    auto = isinstance(solver, _stiff.Auto)
+    controller = (cfg.method.controller if cfg.method.controller is not None
+                  else diffrax.PIDController(rtol=rtol, atol=atol))
+    adjoint = cfg.method.adjoint
+    meter = diffrax.TqdmProgressMeter() if cfg.progress else diffrax.NoProgressMeter()
 
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        cfg.method.solver,
-        t0=jnp.zeros_like(t1),
-        t1=t1,
-        dt0=None,
-        y0=theta0,
-        args=data,
-        # Two save streams: the requested times, and the state where the solve ended (t1, the
-        # stop_loss event, or the last step before the budget ran out).
-        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
-        stepsize_controller=(cfg.method.controller if cfg.method.controller is not None
-                             else diffrax.PIDController(rtol=rtol, atol=atol)),
-        event=event,
-        max_steps=cfg.method.max_steps,
-        adjoint=cfg.method.adjoint,
-        progress_meter=diffrax.TqdmProgressMeter() if cfg.progress else diffrax.NoProgressMeter(),
-        throw=False,
-    )
-    ys_ts, ys_end = sol.ys
-    t_final = jnp.where(start_ok, sol.ts[1][0], 0.0)
+    def any_rule(s, theta, args):
+        a, b, c = rules(s, theta, args)
+        return a | b | c
+
+    if not auto:
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(velocity), solver, t0=jnp.zeros_like(t1), t1=S1, dt0=None,
+            y0=theta0, args=data,
+            # Two save streams: the requested times, and the state where the solve ended (t1,
+            # a stop event, or the last step before the budget ran out).
+            saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=S_ts), diffrax.SubSaveAt(t1=True)]),
+            stepsize_controller=controller,
+            event=(diffrax.Event(lambda s, y, args, **kw: any_rule(s, y, args))
+                   if has_rules else None),
+            max_steps=cfg.method.max_steps, adjoint=adjoint, progress_meter=meter, throw=False)
+        ys_ts, ys_end = sol.ys
+        s_end, y_end, result = sol.ts[1][0], ys_end[0], sol.result
+        steps = (sol.stats["num_steps"], sol.stats["num_accepted_steps"],
+                 sol.stats["num_rejected_steps"])
+        s_stiff = None
+    else:
+        # Phase 1: the explicit solver, watched; it ends at t1, at a stop rule, out of steps,
+        # or when its steps have been stability-limited for `patience` steps.
+        watched = solver.watched()
+        implicit = solver.implicit(theta0.shape[0], controller.rtol, controller.atol,
+                                   controller.norm)
+        # Diffrax picks the stage loop's kind for its adjoint on the solver it is given (a
+        # custom_vjp loop cannot be jvp'd): the same for the solvers inside the watched one
+        kind = ("lax" if isinstance(adjoint, diffrax.ForwardMode) else "bounded"
+                if isinstance(adjoint, diffrax.RecursiveCheckpointAdjoint) else None)
+        if kind is not None:
+            watched = eqx.tree_at(lambda w: w.inner, watched,
+                                  _with_scan_kind(watched.inner, kind))
+            implicit = _with_scan_kind(implicit, kind)
+        ctrl = eqx.tree_at(lambda c: c.norm, controller, _theta_norm(controller.norm))
+
+        def cond1(s, y, args, **kw):
+            hit = y[1][0] >= solver.patience
+            return (hit | any_rule(s, y[0], args)) if has_rules else hit
+
+        sol1 = diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda s, y, a: (velocity(s, y[0], a), jnp.zeros_like(y[1]))),
+            watched, t0=jnp.zeros_like(t1), t1=S1, dt0=None,
+            y0=(theta0, jnp.zeros((2,), theta0.dtype)), args=data,
+            saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=S_ts), diffrax.SubSaveAt(t1=True)]),
+            stepsize_controller=ctrl, event=diffrax.Event(cond1),
+            max_steps=cfg.method.max_steps, adjoint=adjoint, progress_meter=meter, throw=False)
+        s1 = sol1.ts[1][0]
+        y1 = sol1.ys[1][0][0]
+        stop1 = any_rule(s1, y1, data) if has_rules else jnp.zeros((), bool)
+        switch = ((sol1.result == diffrax.RESULTS.event_occurred) & ~stop1
+                  & (sol1.ys[1][1][0, 0] >= solver.patience) & (s1 < S1))
+        # Phase 2: the implicit solver from there to t1 (no steps for a run that did not switch).
+        s2_0 = jnp.where(switch, s1, S1)
+        sol2 = diffrax.diffeqsolve(
+            diffrax.ODETerm(velocity), implicit, t0=s2_0, t1=S1,
+            dt0=None,
+            y0=y1, args=data,
+            saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=jnp.clip(S_ts, s2_0, S1)),
+                                        diffrax.SubSaveAt(t1=True)]),
+            stepsize_controller=controller,
+            event=(diffrax.Event(lambda s, y, args, **kw: any_rule(s, y, args))
+                   if has_rules else None),
+            max_steps=cfg.method.max_steps, adjoint=adjoint, throw=False)
+        later = switch & (S_ts > s1)
+        ys_ts = jnp.where(later[:, None], sol2.ys[0], sol1.ys[0][0])
+        s_end = jnp.where(switch, sol2.ts[1][0], s1)
+        y_end = jnp.where(switch, sol2.ys[1][0], y1)
+        result = diffrax.RESULTS.where(switch, sol2.result, sol1.result)
+        steps = tuple(sol1.stats[k] + jnp.where(switch, sol2.stats[k], 0) for k in (
+            "num_steps", "num_accepted_steps", "num_rejected_steps"))
+        s_stiff = jnp.where(switch, s1, jnp.nan)
+
+    # (a run that reached t1 ends at t1 exactly, not at expm1(log1p(t1)))
+    t_final = jnp.where(start_ok, jnp.where(s_end >= S1, t1, wall(s_end)), 0.0)
     # A slot at t0 is the initial state even when the solve stops before its first step;
     # unreached slots come back as inf: make them NaN.
     ys_ts = jnp.where((ts == 0)[:, None], theta0[None], ys_ts)
-    ys_ts = jnp.where((ts <= t_final)[:, None], ys_ts, jnp.nan)
+    ys_ts = jnp.where((S_ts <= jnp.where(start_ok, s_end, 0.0))[:, None], ys_ts, jnp.nan)
     saved = jax.vmap(unravel)(ys_ts)
-    final = unravel(ys_end[0])
+    final = unravel(y_end)
     losses = jax.vmap(flat_loss, in_axes=(0, None))(ys_ts, data)
 
-    final_loss = flat_loss(ys_end[0], data)
-    finite = jnp.isfinite(final_loss) & jnp.all(jnp.isfinite(grad_fn(ys_end[0], data)))
-    stats = sol.stats
+    final_loss = flat_loss(y_end, data)
+    finite = jnp.isfinite(final_loss) & jnp.all(jnp.isfinite(grad_fn(y_end, data)))
     saved_net = eqx.combine(saved, skeleton)
+    which = rules(s_end, y_end, data) if has_rules else None
     return RawResult(
         loss=losses,
         weights=saved_net.weights,
@@ -143,12 +232,11 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         final_weights=eqx.combine(final, skeleton).weights,
         final_loss=final_loss,
         t_final=t_final,
-        status=final_status(status_from_diffrax(
-            sol.result, stop_loss_reached=final_loss < stop_loss if cfg.has_stop else None),
-            finite),
-        num_steps=stats["num_steps"],
-        num_accepted=stats["num_accepted_steps"],
-        num_rejected=stats["num_rejected_steps"],
+        status=final_status(status_from_diffrax(result, which), finite),
+        num_steps=steps[0],
+        num_accepted=steps[1],
+        num_rejected=steps[2],
+        t_stiff=None if s_stiff is None else wall(s_stiff),
     )
 
 
@@ -182,7 +270,8 @@ def _run_events(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
     return solve_events(net, data, t1, ts, rtol, atol, stops, cfg.method, loss=cfg.loss,
                         reduction=cfg.reduction, has_stop=cfg.has_stop,
                         has_stop_grad=cfg.has_stop_grad, batched=batched,
-                        progress=cfg.progress)
+                        progress=cfg.progress, has_stop_plateau=cfg.has_stop_plateau,
+                        log_time=cfg.log_time)
 
 
 def check_scalar(x, field: str, *, positive: bool):
@@ -265,11 +354,13 @@ def simulate(
     decades: float = 6.0,
     loss: str = "square",
     reduction: str = "mean",
-    solver="tsit5",
+    solver="auto",
     rtol=1e-8,
     atol=None,
     stop_loss=None,
     stop_grad=None,
+    stop_plateau=None,
+    clock="auto",
     max_steps: int = 100_000,
     method="auto",
     max_sliding: int | None = None,
@@ -295,13 +386,29 @@ def simulate(
     - ``loss``: ``"square"`` (default), ``"exponential"`` or ``"logistic"``.
     - ``reduction``: ``"mean"`` (default; torch MSELoss) or ``"sum"`` (1/2 sum for the square
       loss). It rescales time; see :mod:`gfsim.losses`.
-    - ``solver``: ``"tsit5"`` (default), ``"dopri5"``, ``"dopri8"``, ``"kvaerno5"``, ``"bosh3"``,
-      ``"heun"``, or a Diffrax solver instance.
+    - ``solver``: ``"auto"`` (default: Tsit5 steps; under ``method="plain"`` a run whose
+      steps become stability-limited, as in the stiff tail near a minimum, switches to an
+      implicit Kvaerno5 with Newton iterations on Hessian-vector products and
+      ``Trajectory.t_stiff`` says when, :mod:`gfsim.stiff`; under ``"events"`` Tsit5
+      throughout), ``"tsit5"``, ``"dopri5"``, ``"dopri8"``, ``"kvaerno5"``, ``"bosh3"``,
+      ``"heun"``, a :class:`gfsim.stiff.Auto` or a Diffrax solver instance.
     - ``rtol``, ``atol``: PID step-size control tolerances; ``atol`` defaults to ``rtol * 1e-3``.
     - ``stop_loss``: stop a run as soon as its loss falls below this value (per run).
     - ``stop_grad``: stop a run as soon as its gradient norm (under ``"events"``, the norm of
       the sliding field while pairs slide) falls below this value: a stationary point, status
       ``stop_grad``. Traced; whether it is given is static.
+    - ``stop_plateau``: stop a run once its loss falls by less than this share per decade of
+      time, ``-d ln L / d log10 t = ln(10) t |grad L|^2 / L < stop_plateau``, after the loss
+      has come down 1% from its start (so neither t ~ 0 nor a small init's plateau before its
+      escape counts): status ``plateau``. A run converging to a non-zero minimum ends there
+      too; one whose loss decays like 1/t (exponential loss on separable data) never does.
+      Under ``"plain"`` only for now.
+    - ``clock``: the time the solver steps in: ``"linear"`` (t itself), ``"log"`` (s = log(1 +
+      t), the field times dt/ds = 1 + t: bounded steps per decade where the flow slows like
+      1/t, as under the exponential and logistic losses, whose direction converges like
+      1/log t) or ``"auto"`` (default: ``"log"`` for the exponential and logistic losses
+      with t1 > 1e3, ``"linear"`` otherwise). Save times, ``t_final`` and every output are
+      in t either way. Under ``"plain"`` only for now (``"events"`` steps in t).
     - ``max_steps``: step budget per run; a run that exhausts it ends with status ``max_steps``.
     - ``method``: ``"auto"`` (default: ``"events"`` for nets whose activation has a kink, such
       as ReLU and leaky ReLU, ``"plain"`` otherwise), ``"events"`` (the exact piecewise-smooth
@@ -348,6 +455,11 @@ def simulate(
         check_scalar(stop_loss, "stop_loss", positive=False)
     if stop_grad is not None:
         check_scalar(stop_grad, "stop_grad", positive=True)
+    if stop_plateau is not None:
+        check_scalar(stop_plateau, "stop_plateau", positive=True)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock={clock!r} is not allowed; allowed: "
+                         f"{', '.join(map(repr, CLOCKS))}.")
     method = resolve_method(method, net.activation_fn, solver=solver, max_steps=max_steps,
                             max_sliding=max_sliding, lanes=lanes, adjoint=adjoint)
     _check_save_rule(num_saves, decades)
@@ -362,9 +474,10 @@ def simulate(
             method = dataclasses.replace(method, lanes=None)
     dtype = net.weights[0].dtype
     # Host values go in as NumPy arrays (traced by the jit without a device dispatch each).
-    t1, rtol, stop, stop_g = (_as_array(x, dtype) for x in (
+    log_time = _log_clock(clock, loss, t1)
+    t1, rtol, stop, stop_g, stop_p = (_as_array(x, dtype) for x in (
         t1, rtol, -np.inf if stop_loss is None else stop_loss,
-        0.0 if stop_grad is None else stop_grad))
+        0.0 if stop_grad is None else stop_grad, 0.0 if stop_plateau is None else stop_plateau))
     atol = rtol * 1e-3 if atol is None else _as_array(atol, dtype)
     if ts is not None:
         _check.real_array(ts, "ts")
@@ -388,10 +501,12 @@ def simulate(
         net_batched=net.is_batched,
         data_batched=data.is_batched,
         progress=_check_flag(progress, "progress"),
+        has_stop_plateau=stop_plateau is not None,
+        log_time=log_time,
     )
     def call(net, data, cfg):
         # a stored export of this solve's traced program, when one applies (gfsim._exported)
-        args = (net, data, t1, ts, rtol, atol, (stop, stop_g))
+        args = (net, data, t1, ts, rtol, atol, (stop, stop_g, stop_p))
         res = _exported.cached_call(_run, args, cfg)
         ts_, raw = res if res is not None else _run(*args, cfg)
         events = isinstance(cfg.method, Events)
@@ -415,6 +530,20 @@ def simulate(
     if isinstance(method, Events) and method.max_sliding is None:
         traj = _rerun_for_room(traj, net, data, cfg, call)
     return traj
+
+
+CLOCKS = ("auto", "linear", "log")
+# clock="auto": log time for these losses when t1 is beyond this
+LOG_CLOCK_AFTER = 1e3
+
+
+def _log_clock(clock, loss, t1) -> bool:
+    """Whether a call steps in s = log(1 + t) (see ``simulate(..., clock=...)``)."""
+    if clock != "auto":
+        return clock == "log"
+    if loss not in ("exponential", "logistic") or isinstance(t1, jax.core.Tracer):
+        return False
+    return float(np.asarray(t1)) > LOG_CLOCK_AFTER
 
 
 def _rerun_for_room(traj, net, data, cfg, call):

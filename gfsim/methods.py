@@ -12,8 +12,10 @@ import equinox as eqx
 import numpy as np
 
 from ._registry import Registry
+from .stiff import Auto
 
 SOLVERS: Registry = Registry("solver")
+SOLVERS.register("auto", Auto)
 SOLVERS.register("tsit5", diffrax.Tsit5)
 SOLVERS.register("dopri5", diffrax.Dopri5)
 SOLVERS.register("dopri8", diffrax.Dopri8)
@@ -23,8 +25,9 @@ SOLVERS.register("heun", diffrax.Heun)
 
 
 def resolve_solver(solver) -> diffrax.AbstractSolver:
-    """A Diffrax solver instance from a name in :data:`SOLVERS` or an instance."""
-    if isinstance(solver, diffrax.AbstractSolver):
+    """A Diffrax solver instance (or :class:`gfsim.stiff.Auto`) from a name in :data:`SOLVERS`
+    or an instance."""
+    if isinstance(solver, (diffrax.AbstractSolver, Auto)):
         return solver
     return SOLVERS.get(solver, "solver")()
 
@@ -67,7 +70,7 @@ def _check_controller(controller):
 class AbstractMethod(eqx.Module):
     """A way to integrate d(theta)/dt = -grad L(theta): a solver and its budget."""
 
-    solver: diffrax.AbstractSolver = eqx.field(static=True)
+    solver: diffrax.AbstractSolver | Auto = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
     controller: diffrax.PIDController | None = eqx.field(static=True)
     adjoint: diffrax.AbstractAdjoint = eqx.field(static=True)
@@ -78,6 +81,8 @@ class AbstractMethod(eqx.Module):
 
     def label(self) -> str:
         """How the run was made, as recorded in :attr:`gfsim.Trajectory.method`."""
+        if isinstance(self.solver, Auto):
+            return f"gf:{self.solver.name()}"
         return f"gf:{type(self.solver).__name__.lower()}"
 
 
@@ -87,7 +92,9 @@ class Plain(AbstractMethod):
 
     **Arguments:**
 
-    - ``solver``: a name in :data:`SOLVERS` (default ``"tsit5"``) or a Diffrax solver.
+    - ``solver``: a name in :data:`SOLVERS` (default ``"auto"``: Tsit5, handing over to an
+      implicit Kvaerno5 with Newton iterations where its steps are stability-limited,
+      :class:`gfsim.stiff.Auto`) or a Diffrax solver.
     - ``max_steps``: the step budget per run (default 100,000).
     - ``controller``: a :class:`diffrax.PIDController` (its tolerances are then static: a new
       value recompiles); default None: ``PIDController(rtol, atol)`` from
@@ -97,7 +104,7 @@ class Plain(AbstractMethod):
       ``jax.jvp``, ``jax.jacfwd``) or any Diffrax adjoint object.
     """
 
-    def __init__(self, solver="tsit5", max_steps: int = 100_000, controller=None,
+    def __init__(self, solver="auto", max_steps: int = 100_000, controller=None,
                  adjoint="reverse"):
         self.solver = resolve_solver(solver)
         self.max_steps = _positive_int(max_steps, "max_steps")
@@ -116,7 +123,8 @@ class Events(AbstractMethod):
 
     **Arguments:**
 
-    - ``solver``: an explicit Runge-Kutta solver (default ``"tsit5"``).
+    - ``solver``: an explicit Runge-Kutta solver (default ``"tsit5"``; ``"auto"`` is taken as
+      its explicit solver: stiff stepping between events is not built yet).
     - ``max_steps``: the step budget per run (default 100,000).
     - ``max_sliding``: how many (unit, point) pairs BELOW THE FIRST HIDDEN LAYER may slide at
       once (their projection costs a backward pass each). ``None`` (the default): start with
@@ -137,7 +145,8 @@ class Events(AbstractMethod):
 
     def __init__(self, solver="tsit5", max_steps: int = 100_000, max_sliding: int | None = None,
                  lanes: int | None = None, controller=None, adjoint="reverse"):
-        self.solver = resolve_solver(solver)
+        solver = resolve_solver(solver)
+        self.solver = solver.explicit if isinstance(solver, Auto) else solver
         self.controller = _check_controller(controller)
         self.adjoint = resolve_adjoint(adjoint)
         self.max_steps = _positive_int(max_steps, "max_steps")
@@ -171,7 +180,7 @@ METHOD_NAMES = ("auto", "events", "plain")
 SLIDING_START = 16
 
 
-def resolve_method(method, activation, *, solver="tsit5", max_steps=100_000, max_sliding=None,
+def resolve_method(method, activation, *, solver="auto", max_steps=100_000, max_sliding=None,
                    lanes=None, adjoint="reverse") -> AbstractMethod:
     """The method object for ``simulate(..., method=...)``: a string (``"auto"``: events for an
     activation with a kink, plain otherwise) with the other options, or a method object as it
@@ -179,7 +188,7 @@ def resolve_method(method, activation, *, solver="tsit5", max_steps=100_000, max
     if isinstance(method, AbstractMethod):
         given = dict(solver=solver, max_steps=max_steps, max_sliding=max_sliding, lanes=lanes,
                      adjoint=adjoint)
-        default = dict(solver="tsit5", max_steps=100_000, max_sliding=None, lanes=None,
+        default = dict(solver="auto", max_steps=100_000, max_sliding=None, lanes=None,
                        adjoint="reverse")
         clash = [k for k in given if given[k] is not default[k] and given[k] != default[k]]
         if clash:

@@ -20,7 +20,8 @@ singular values, save counts) are padded with NaN. Variables:
 - ``final_loss``, ``t_final``, ``status`` (its label: ``reached_t1``, ``stop_loss``, ...),
   ``status_code`` (:class:`gfsim.Status`), ``num_steps``, ``num_accepted``, ``num_rejected``,
   ``num_crossings``, ``num_slides`` and ``sliding_room`` (``Trajectory.max_sliding``: the room
-  for deeper held pairs the run had; -1: not counted by that method), ``layer_out`` and
+  for deeper held pairs the run had; -1: not counted by that method), ``t_stiff`` (when the
+  run switched to implicit steps, ``Trajectory.t_stiff``; NaN: never), ``layer_out`` and
   ``layer_in`` (each layer's shape; 0 past a run's depth);
 - in a sweep: ``batch``, ``batch_wall_time`` (seconds for the run's whole batch: inputs, solve,
   conversion), ``batch_solve_time`` (of which the simulate call, compile included) and
@@ -154,6 +155,8 @@ def to_xarray(traj, *, save_weights: bool = False, **coords):
         "num_crossings": ("run", counts(traj.num_crossings)),
         "num_slides": ("run", counts(traj.num_slides)),
         "sliding_room": ("run", counts(traj.max_sliding)),
+        "t_stiff": ("run", np.full(runs, np.nan) if traj.t_stiff is None
+                    else runs_first(traj.t_stiff).astype(float)),
         "layer_out": (("run", "layer"), np.tile([w.shape[-2] for w in weights], (runs, 1))),
         "layer_in": (("run", "layer"), np.tile([w.shape[-1] for w in weights], (runs, 1))),
     }

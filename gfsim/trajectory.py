@@ -19,6 +19,7 @@ class Status(enum.IntEnum):
     FAILED = 4  # any other solver failure (e.g. an implicit solver's root find)
     SLIDING_CAPACITY = 5  # more pairs slid at once than max_sliding (raise it and rerun)
     STOP_GRAD = 6  # the gradient norm fell below stop_grad (a stationary point); later slots NaN
+    PLATEAU = 7  # the loss fell by less than stop_plateau (relative) per decade; later slots NaN
 
     @property
     def label(self) -> str:
@@ -48,6 +49,9 @@ class Trajectory(eqx.Module):
       layer, or None.
     - ``loss_name``, ``reduction``, ``activation``, ``method``: how it was run (recorded so a
       result is never separated from its time convention).
+    - ``t_stiff``: under ``solver="auto"`` (the default of ``method="plain"``), the time the
+      run switched from explicit to implicit steps (its explicit steps were stability-limited,
+      :mod:`gfsim.stiff`); NaN for a run that never switched; None for other solvers.
     - ``loop_steps``, ``lanes``: for the event-driven solver, the iterations of its loop and how
       many runs it advanced at once (see ``simulate(..., lanes=...)``); None otherwise.
     """
@@ -72,6 +76,7 @@ class Trajectory(eqx.Module):
     sliding: tuple[Array, ...] | None = None
     loop_steps: Int[Array, ""] | None = None
     max_sliding: Int[Array, "*runs"] | None = None
+    t_stiff: Float[Array, "*runs"] | None = None
     lanes: int | None = eqx.field(static=True, default=None)
 
     @property

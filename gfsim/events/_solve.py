@@ -22,6 +22,8 @@ serialise the batch. Reverse-mode gradients go through the checkpointed loop.
 
 from __future__ import annotations
 
+import math
+
 import diffrax
 import equinox as eqx
 import equinox.internal as eqxi
@@ -44,7 +46,8 @@ class Setup:
     problem's constants. Built at trace time (its arrays are traced); not a pytree."""
 
     def __init__(self, net, data, t1, ts, rtol, atol, stops, method, loss, reduction,
-                 has_stop, batched, has_stop_grad=False):
+                 has_stop, batched, has_stop_grad=False, has_stop_plateau=False,
+                 log_time=False):
         single = net if not batched else jax.tree_util.tree_map(lambda a: a[0], net)
         self.model = FrozenPattern(single, loss, reduction)
         if batched:
@@ -56,8 +59,12 @@ class Setup:
         self.runs, self.params = self.theta0.shape
         self.points = data.X.shape[1]
         self.pairs = self.points * self.model.hsum
-        self.ts, self.t1 = ts, t1
-        self.stop_loss, self.stop_grad = stops
+        # under log time the loop's clock is s = log(1 + t) (the field times e^s = 1 + t)
+        self.log_time = log_time
+        self.ts, self.t1 = (jnp.log1p(ts), jnp.log1p(t1)) if log_time else (ts, t1)
+        self.stop_loss, self.stop_grad = stops[:2]
+        self.stop_plateau = stops[2] if len(stops) > 2 else None
+        self.has_stop_plateau = has_stop_plateau
         self.solver = method.solver
         self.error_order = self.solver.error_order(diffrax.ODETerm(lambda t, y, a: y))
         self.controller = _control.controller(method, rtol, atol)
@@ -75,6 +82,10 @@ class Setup:
                                       is_leaf=lambda x: x is None)
         self.lanes = self.runs if method.lanes is None else min(int(method.lanes), self.runs)
         self.refill = self.lanes < self.runs
+
+    def wall(self, s):
+        """The time t of the loop's clock value ``s``."""
+        return jnp.expm1(s) if self.log_time else s
 
     def by_projection(self, flag, fn):
         """fn(slots) if any run slides, else fn(0): one choice for the whole batch, so the
@@ -112,9 +123,9 @@ def start_lanes(setup: Setup, theta0, data) -> Lanes:
         # it would reject every step at t = 0 until the budget ran out, holding the batch up
         finite = jnp.isfinite(m.true_loss(theta, d)) & jnp.all(
             jnp.isfinite(_sliding.field(m, d, theta, on, held, 0)[0]))
-        return on, values, h0, cstate, finite
+        return on, values, h0, cstate, finite, m.true_loss(theta, d)
 
-    on0, E, h0, cstate0, finite0 = jax.vmap(one)(theta0, data)
+    on0, E, h0, cstate0, finite0, loss0 = jax.vmap(one)(theta0, data)
     E0, Eoff0 = _functions.rebase(E)
     zeros = jnp.zeros((B,), jnp.int32)
     S0 = jnp.sum(setup.ts <= 0).astype(jnp.int32)
@@ -139,6 +150,7 @@ def start_lanes(setup: Setup, theta0, data) -> Lanes:
         crossings=zeros,
         slides=zeros,
         save_index=jnp.full((B,), S0, jnp.int32),
+        loss0=loss0,
     )
 
 
@@ -294,7 +306,8 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         t=t_new, y=y_new, h=h_new, controller_state=cstate, on=on_new, held=held_new,
         event_values=E_new, event_offsets=off_new, jump=has_ev | still, first_stage=fsal1,
         done=s.done, status=s.status, steps=s.steps, accepted=s.accepted, rejected=s.rejected,
-        crossings=s.crossings + n_cross, slides=s.slides + n_slide, save_index=save_index)
+        crossings=s.crossings + n_cross, slides=s.slides + n_slide, save_index=save_index,
+        loss0=s.loss0)
     # an accepted step moves the lane; a rejected one keeps its state (but its new step size
     # and its save index)
     new = moved.where(ok, s).replace(h=h_new, controller_state=cstate, save_index=save_index)
@@ -328,7 +341,7 @@ def _outcome(setup: Setup, new: Lanes, old: Lanes, active, ok, err, data) -> Lan
         hit_stop = active & ok & (lval < setup.stop_loss) & ~done
         status = jnp.where(hit_stop, int(Status.STOP_LOSS), status)
         done = done | hit_stop
-    if setup.has_stop_grad:
+    if setup.has_stop_grad or setup.has_stop_plateau:
         m = setup.model
 
         def speed(slots):
@@ -336,10 +349,20 @@ def _outcome(setup: Setup, new: Lanes, old: Lanes, active, ok, err, data) -> Lan
                 _sliding.field(m, d, y, o, hl, slots)[0]))(new.y, new.on, new.held, data)
 
         # the norm of the field the flow follows (the sliding field while pairs slide)
-        still = setup.by_projection(jnp.any(new.held & active[:, None]), speed) < setup.stop_grad
-        hit_grad = active & ok & still & ~done
+        v = setup.by_projection(jnp.any(new.held & active[:, None]), speed)
+    if setup.has_stop_grad:
+        hit_grad = active & ok & (v < setup.stop_grad) & ~done
         status = jnp.where(hit_grad, int(Status.STOP_GRAD), status)
         done = done | hit_grad
+    if setup.has_stop_plateau:
+        # the loss's relative decrease per decade, ln10 t |v|^2 / L (as under method="plain"),
+        # once the loss has come down 1% from the run's start
+        lv = jax.vmap(lambda y, o, hl, d: m.loss(y, d, m.slopes(o, hl)))(
+            new.y, new.on, new.held, data)
+        rate = math.log(10.0) * setup.wall(new.t) * v ** 2 / jnp.abs(lv)
+        hit_plat = active & ok & (lv < 0.99 * new.loss0) & (rate < setup.stop_plateau) & ~done
+        status = jnp.where(hit_plat, int(Status.PLATEAU), status)
+        done = done | hit_plat
     done = done | (active & (overflow | nonfinite))
     exhausted = active & ~done & (steps >= setup.max_steps)
     status = jnp.where(exhausted, int(Status.MAX_STEPS), status)
@@ -350,12 +373,13 @@ def _outcome(setup: Setup, new: Lanes, old: Lanes, active, ok, err, data) -> Lan
 
 def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reduction,
                  has_stop: bool, has_stop_grad: bool = False, batched: bool,
-                 progress: bool = False) -> RawResult:
+                 progress: bool = False, has_stop_plateau: bool = False,
+                 log_time: bool = False) -> RawResult:
     """Event-driven solve of a batch (leading run axis on net and data when ``batched``).
     ``method``: a :class:`gfsim.methods.Events`; ``stops``: the (stop_loss, stop_grad)
     thresholds; ``has_stop``, ``has_stop_grad``: whether each applies."""
     setup = Setup(net, data, t1, ts, rtol, atol, stops, method, loss, reduction, has_stop,
-                  batched, has_stop_grad)
+                  batched, has_stop_grad, has_stop_plateau, log_time)
     R, L, S, p, P = setup.runs, setup.lanes, ts.shape[0], setup.params, setup.pairs
     m = setup.model
     lanes0 = start_lanes(setup, setup.theta0[:L], _refill.take(setup.data, jnp.arange(L)))
@@ -407,7 +431,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reductio
     end = eqx.combine(jax.vmap(m.unravel)(runs.y), m.skeleton)
     out = RawResult(
         loss=losses, weights=saved.weights, biases=saved.biases, final_weights=end.weights,
-        final_loss=final_loss, t_final=runs.t, status=final_status(runs.status, finite),
+        final_loss=final_loss, t_final=jnp.where(runs.t >= setup.t1, t1, setup.wall(runs.t)), status=final_status(runs.status, finite),
         num_steps=runs.steps, num_accepted=runs.accepted, num_rejected=runs.rejected,
         num_crossings=runs.crossings, num_slides=runs.slides,
         sliding=m.split_pairs(final.saved_held, setup.points), loop_steps=final.iteration)

@@ -34,6 +34,7 @@ class Lanes(eqx.Module):
     crossings: Int[Array, " L"]
     slides: Int[Array, " L"]
     save_index: Int[Array, " L"]  # the next save time not yet written
+    loss0: Float[Array, " L"]  # the loss where the run started (for the plateau rule)
 
     def replace(self, **changes) -> Lanes:
         return dataclasses.replace(self, **changes)

@@ -73,7 +73,8 @@ def build_net(cfg: dict) -> MLP:
 def simulate_kwargs(cfg: dict) -> dict:
     """The keyword arguments of :func:`gfsim.simulate` a config stands for."""
     kw = {k: cfg[k] for k in ("num_saves", "decades", "loss", "reduction", "solver", "rtol",
-                              "atol", "stop_loss", "max_steps", "method", "max_sliding")}
+                              "atol", "stop_loss", "stop_plateau", "clock", "max_steps", "method",
+                              "max_sliding")}
     kw["max_sliding"] = kw["max_sliding"] or None  # 0 in a spec (TOML has no None)
     return kw
 
