@@ -207,8 +207,8 @@ def _grad_norm(net, data, loss, reduction):
 # -- the Newton polish ----------------------------------------------------------------------------
 
 # Up to this many parameters the Newton step is a dense least-squares solve (the Hessian formed
-# from p Hessian-vector products, then an SVD); above it, matrix-free LSMR. Both give the
-# minimum-norm least-squares step, which is what a singular Hessian needs (see polish).
+# from p Hessian-vector products, then its eigendecomposition); above it, matrix-free LSMR. Both
+# give the minimum-norm least-squares step, which is what a singular Hessian needs (see polish).
 DENSE_MAX_PARAMS = 1024
 # The Newton iteration also stops when a step is this small relative to the weights (with
 # ``tol`` as its absolute part): near a flat manifold of stationary points round-off in the
@@ -232,11 +232,13 @@ def polish(
     run still on its way does not converge, or moves far.
 
     The step is the minimum-norm least-squares solution of ``H delta = -grad L`` (an optimistix
-    Newton root find with a lineax least-squares solver: a dense SVD up to
-    ``DENSE_MAX_PARAMS`` parameters, LSMR above). At the critical points of a positively
-    homogeneous net the Hessian is singular (the rescaling symmetries ``W_j -> c W_j``,
-    ``W_{j+1} -> W_{j+1} / c`` are flat directions); the least-squares step ignores them instead
-    of dividing by zero, so the polish converges there too.
+    Newton root find with a lineax least-squares solver: the dense Hessian's eigendecomposition
+    up to ``DENSE_MAX_PARAMS`` = 1024 parameters, matrix-free LSMR on Hessian-vector products
+    above; the dense Hessian costs ``p`` Hessian-vector products and ``p^2`` memory per run).
+    At the critical points of a positively homogeneous net the Hessian is singular (the
+    rescaling symmetries ``W_j -> c W_j``, ``W_{j+1} -> W_{j+1} / c`` are flat directions); the
+    least-squares step ignores them instead of dividing by zero, so the polish converges there
+    too.
 
     For a ReLU net the polish is on the activation pattern it starts in (the loss is smooth
     inside it; JAX's derivative of relu at 0 is 0): ``pattern_changed`` says whether a step
@@ -273,6 +275,35 @@ def polish(
     return eqx.combine(params, skeleton), info
 
 
+class _SymmetricPinv(lx.AbstractLinearSolver):
+    """The minimum-norm least-squares solution of a symmetric system, through the
+    eigendecomposition of its matrix: eigenvalues below ``2 eps p max|lambda|`` count as zero
+    (lineax's SVD rule). It is ``lx.SVD`` for symmetric matrices; batched over runs on a CPU,
+    ``eigh`` of 64 x 64 Hessians took 0.06 s where the SVD took 2.5 s."""
+
+    def init(self, operator, options):
+        del options
+        return jnp.linalg.eigh(operator.as_matrix())
+
+    def compute(self, state, vector, options):
+        del options
+        lam, V = state
+        cut = 2 * jnp.finfo(lam.dtype).eps * lam.shape[0] * jnp.max(jnp.abs(lam))
+        keep = jnp.abs(lam) > cut
+        inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+        x = V @ (inv * (V.T @ vector))
+        return x, lx.RESULTS.successful, {"rank": keep.sum()}
+
+    def transpose(self, state, options):
+        return state, {}
+
+    def conj(self, state, options):
+        return state, {}
+
+    def assume_full_rank(self):
+        return False
+
+
 def _pattern(net: MLP, data: Dataset):
     """Signs of the hidden pre-activations on the points that enter the loss."""
     point = (jnp.ones(data.X.shape[:1], bool) if data.mask is None
@@ -287,7 +318,7 @@ def _polish(net, data, loss, reduction, tol, max_steps, dense):
         params, skeleton = eqx.partition(n, eqx.is_array)
         _, unravel = jax.flatten_util.ravel_pytree(params)
         g = jax.grad(f)
-        linear = (lx.SVD() if dense else
+        linear = (_SymmetricPinv() if dense else
                   lx.LSMR(rtol=1e-14, atol=1e-14, max_steps=10 * theta.shape[0]))
         newton = optx.Newton(rtol=STEP_RTOL, atol=tol, norm=optx.two_norm, linear_solver=linear)
         # symmetric: LSMR applies the transpose, which is the Hessian itself

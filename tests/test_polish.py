@@ -146,3 +146,13 @@ def test_a_relu_plateau_with_a_dead_unit_is_found_again_and_classified_degenerat
     got = analysis.classify_endpoint(polished[0], data)
     assert got["kind"].item() == "degenerate", got
     assert info["pattern_changed"][1], info  # the far start: Newton jumps across kinks
+
+
+def test_the_dense_step_is_the_pseudo_inverse_solution_of_a_singular_symmetric_system():
+    import lineax as lx
+
+    A = RNG.normal(size=(6, 3))
+    H = A @ np.diag([2.0, -1.0, 0.5]) @ A.T  # symmetric, indefinite, rank 3
+    b = RNG.normal(size=6)
+    x = lx.linear_solve(lx.MatrixLinearOperator(H), b, hessian._SymmetricPinv()).value
+    np.testing.assert_allclose(np.asarray(x), np.linalg.pinv(H) @ b, rtol=1e-10, atol=1e-12)
