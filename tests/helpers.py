@@ -66,3 +66,25 @@ def runs(ds, **where):
 def values(ds, name, **where):
     """A variable's values over the selected runs."""
     return runs(ds, **where)[name].values
+
+
+def stored_final_net(ds, run: int, activation: str = "relu") -> gfsim.MLP:
+    """The net where run ``run`` of a flat experiment store ended (its ``final_weights``,
+    padding trimmed by ``layer_out`` / ``layer_in``)."""
+    W = ds["final_weights"].values[run]
+    shapes = zip(ds["layer_out"].values[run], ds["layer_in"].values[run])
+    return gfsim.MLP.from_weights([W[j, :o, :i] for j, (o, i) in enumerate(shapes) if o],
+                                  activation)
+
+
+def endpoint_truth(net: gfsim.MLP, data: gfsim.Dataset, loss: str, reduction: str = "mean"):
+    """An independent look at where a net sits: the gradient norm and the dense Hessian's
+    eigenvalues (jax.hessian of the flattened loss, numpy eigvalsh)."""
+    theta, unravel = jax.flatten_util.ravel_pytree(list(net.weights))
+
+    def f(th):
+        return gfsim.objective(gfsim.MLP.from_weights(unravel(th), net.activation), data, loss,
+                               reduction)
+
+    g = np.asarray(jax.grad(f)(theta))
+    return float(np.linalg.norm(g)), np.linalg.eigvalsh(np.asarray(jax.hessian(f)(theta)))
