@@ -250,7 +250,8 @@ def polish(
       leading run axis; one compile for the batch). For a final state use
       ``gfsim.MLP.from_weights(traj.final_weights, net.activation)``.
     - ``loss``, ``reduction``: the loss whose stationary point is wanted (as for ``simulate``).
-    - ``tol``: the polish has converged when ``||grad L|| <= tol`` (default 1e-10).
+    - ``tol``: the polish has converged when ``||grad L|| <= tol`` (default 1e-10, for float64;
+      in float32 round-off stops the gradient near 1e-6 times its scale).
     - ``max_steps``: Newton steps at most (default 50).
 
     **Returns:** ``(polished, info)``: the net at the polished weights (a :class:`gfsim.MLP`
