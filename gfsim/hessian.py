@@ -210,6 +210,11 @@ def _grad_norm(net, data, loss, reduction):
 # from p Hessian-vector products, then its eigendecomposition); above it, matrix-free LSMR. Both
 # give the minimum-norm least-squares step, which is what a singular Hessian needs (see polish).
 DENSE_MAX_PARAMS = 1024
+# Eigenvalues below FLAT * max|lambda| count as flat directions in the dense step. At lineax's
+# default cutoff (2 eps p) an eigenvalue of round-off size is kept or dropped by chance, and a
+# kept one sends the iterate along the flat manifold by g_i / lambda_i (1e-4 in a test: a
+# batch and its single run polished to different points of the manifold).
+FLAT = 1e-10
 # The Newton iteration also stops when a step is this small relative to the weights (with
 # ``tol`` as its absolute part): near a flat manifold of stationary points round-off in the
 # gradient keeps the iterate wandering along it without improving the gradient.
@@ -278,9 +283,9 @@ def polish(
 
 class _SymmetricPinv(lx.AbstractLinearSolver):
     """The minimum-norm least-squares solution of a symmetric system, through the
-    eigendecomposition of its matrix: eigenvalues below ``2 eps p max|lambda|`` count as zero
-    (lineax's SVD rule). It is ``lx.SVD`` for symmetric matrices; batched over runs on a CPU,
-    ``eigh`` of 64 x 64 Hessians took 0.06 s where the SVD took 2.5 s."""
+    eigendecomposition of its matrix: eigenvalues below ``FLAT * max|lambda|`` count as zero.
+    It is ``lx.SVD(rcond=FLAT)`` for symmetric matrices; batched over runs on a CPU, ``eigh``
+    of 64 x 64 Hessians took 0.06 s where the SVD took 2.5 s."""
 
     def init(self, operator, options):
         del options
@@ -289,7 +294,7 @@ class _SymmetricPinv(lx.AbstractLinearSolver):
     def compute(self, state, vector, options):
         del options
         lam, V = state
-        cut = 2 * jnp.finfo(lam.dtype).eps * lam.shape[0] * jnp.max(jnp.abs(lam))
+        cut = FLAT * jnp.max(jnp.abs(lam))
         keep = jnp.abs(lam) > cut
         inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
         x = V @ (inv * (V.T @ vector))

@@ -36,11 +36,13 @@ def _grad_norm(net, data, reduction="sum"):
 @pytest.fixture(scope="module")
 def near_fit():
     """Three depth-2 linear nets (3 -> 4 -> 2) a small perturbation away from the
-    least-squares fit of DATA, where the minima form a manifold (W1 -> A W1, W2 -> W2 A^-1)."""
-    net = gfsim.MLP((3, 4, 2), "linear", key=K3, runs=3)
-    tr = gfsim.simulate(net, DATA, 200.0, reduction="sum", rtol=1e-8, num_saves=2)
-    return gfsim.MLP.from_weights(
-        [np.asarray(w) + 1e-3 * RNG.normal(size=w.shape) for w in tr.final_weights], "linear")
+    least-squares fit of DATA, where the minima form a manifold (W1 -> A W1, W2 -> W2 A^-1):
+    W2 W1 = M^T for a full-rank W1 and W2 = M^T pinv(W1), then every entry nudged by ~1e-3."""
+    M, *_ = np.linalg.lstsq(X, Y, rcond=None)
+    W1 = RNG.normal(size=(3, 4, 3))
+    W2 = np.stack([M.T @ np.linalg.pinv(w) for w in W1])
+    return gfsim.MLP.from_weights([W1 + 1e-3 * RNG.normal(size=W1.shape),
+                                   W2 + 1e-3 * RNG.normal(size=W2.shape)], "linear")
 
 
 def test_a_linear_net_near_its_fit_polishes_onto_the_least_squares_solution(near_fit):
@@ -79,15 +81,14 @@ def test_batched_and_unbatched_agree(near_fit):
     assert info1["distance"] == pytest.approx(info["distance"][1], rel=1e-6)
 
 
-def test_the_matrix_free_solver_gives_the_same_point(near_fit, monkeypatch):
-    dense, _ = hessian.polish(near_fit[0], DATA, reduction="sum")
+def test_the_matrix_free_solver_also_reaches_the_least_squares_fit(near_fit, monkeypatch):
+    # (a point of the manifold of minima near the dense solver's, not necessarily the same)
     monkeypatch.setattr(hessian, "DENSE_MAX_PARAMS", 0)  # LSMR on Hessian-vector products
     free, info = hessian.polish(near_fit[0], DATA, reduction="sum")
     assert info["converged"]
     M, *_ = np.linalg.lstsq(X, Y, rcond=None)
     np.testing.assert_allclose(np.asarray(free.weights[1] @ free.weights[0]), M.T, atol=1e-10)
-    np.testing.assert_allclose(np.asarray(free.weights[0]), np.asarray(dense.weights[0]),
-                               atol=1e-6)
+    assert info["grad_norm_after"] < 1e-10 and info["distance"] < 0.1
 
 
 def test_small_weights_polish_to_the_saddle_at_zero_and_classify_as_strict_saddle():
