@@ -19,6 +19,11 @@ from gfsim import analysis
 # max(1, ||theta||).
 NEAR = 1e-6
 POLISH_TOL = 1e-10
+GRAD_TOL = 1e-6  # classify_endpoint's: above it a run is "not stationary"
+CURVATURE_TOL = 1e-6
+# what an experiment records in its settings
+SETTINGS = dict(grad_tol=GRAD_TOL, curvature_tol=CURVATURE_TOL, polish_tol=POLISH_TOL,
+                near=NEAR)
 
 KINDS = analysis.ENDPOINT_KINDS
 
@@ -36,7 +41,8 @@ def classify_runs(final_weights, activation: str, data, *, loss: str, reduction:
     # non-finite runs get zero weights to keep the batch's shape (one compile); blanked below
     net = gfsim.MLP.from_weights([np.where(finite.reshape((runs,) + (1,) * (w.ndim - 1)), w, 0.0)
                                   for w in W], activation)
-    got = analysis.classify_endpoint(net, data, loss=loss, reduction=reduction)
+    got = analysis.classify_endpoint(net, data, loss=loss, reduction=reduction,
+                                     grad_tol=GRAD_TOL, curvature_tol=CURVATURE_TOL)
     out = dict(endpoint_kind=np.where(finite, got["kind"].astype(str), ""),
                endpoint_grad_norm=np.where(finite, got["grad_norm"], np.nan),
                endpoint_lambda_min=np.where(finite, got["lambda_min"], np.nan))
@@ -44,7 +50,7 @@ def classify_runs(final_weights, activation: str, data, *, loss: str, reduction:
         return out
     polished, info = analysis.polish(net, data, loss=loss, reduction=reduction, tol=POLISH_TOL)
     after = analysis.classify_endpoint(polished, data, loss=loss, reduction=reduction,
-                                       grad_tol=10 * POLISH_TOL)
+                                       grad_tol=10 * POLISH_TOL, curvature_tol=CURVATURE_TOL)
     norm = np.sqrt(sum(np.sum(w.reshape(runs, -1) ** 2, 1) for w in W))
     at = (info["converged"] & ~info["pattern_changed"]
           & (info["distance"] <= NEAR * np.maximum(1.0, norm)))

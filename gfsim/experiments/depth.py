@@ -25,6 +25,7 @@ import gfsim
 from gfsim import analysis
 
 from . import Claim, Result, Runs, pyplot, register_experiment, save_figure, store_name
+from ._endpoints import SETTINGS as ENDPOINT_SETTINGS
 from ._endpoints import classify_runs, describe
 
 SETTINGS = {
@@ -548,7 +549,8 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
     notes.append(
         "Where the runs that missed stop_loss (stalled or not converged) ended, by "
         "gfsim.analysis.classify_endpoint at the final weights (not stationary if ||grad L|| > "
-        "1e-6, else by the extreme Hessian eigenvalues on the current activation pattern): "
+        f"{ENDPOINT_SETTINGS['grad_tol']:g}, else by the extreme Hessian eigenvalues on the "
+        "current activation pattern): "
         + ("; ".join(f"{name} ({int((~r['converged']).sum())} runs): "
                      f"{describe(r['ends'], ~r['converged'])}" for name, r in ends)
            or "every run converged")
@@ -630,6 +632,8 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
                       teacher_widths=list(TEACHER_WIDTHS), init="gaussian", reduction="mean",
                       solver="tsit5", num_saves=NUM_SAVES, decades=DECADES,
                       seeds_key="jax.random.key(1)",
+                      endpoints={k: v for k, v in ENDPOINT_SETTINGS.items()
+                                 if k in ("grad_tol", "curvature_tol")},
                       pair=dict(pc, depths=list(pc["depths"]), method="events",
                                 labels=[1.0, 1.0], angle_deg=90.58, loss="exponential")),
         seconds=time.perf_counter() - start,

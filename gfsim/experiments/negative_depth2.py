@@ -13,6 +13,7 @@ import gfsim
 from gfsim import analysis
 
 from . import Claim, Result, Runs, pyplot, register_experiment, save_figure, store_name
+from ._endpoints import SETTINGS as ENDPOINT_SETTINGS
 from ._endpoints import classify_runs, describe
 
 SETTINGS = {
@@ -173,7 +174,8 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         )
     notes.append(
         "Where the runs that did not reach loss 1e-4 ended (gfsim.analysis.classify_endpoint at "
-        "the final weights: not stationary if ||grad L|| > 1e-6, else by the extreme Hessian "
+        f"the final weights: not stationary if ||grad L|| > {ENDPOINT_SETTINGS['grad_tol']:g}, "
+        "else by the extreme Hessian "
         "eigenvalues on the current activation pattern; then a Newton polish, "
         "gfsim.analysis.polish, to the stationary point nearby): "
         + "; ".join(f"{k} ({int((~r['converged']).sum())} runs): "
@@ -188,7 +190,8 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         figures=[fig],
         data_file=store_name("negative"),
         settings=dict(cfg, widths=list(cfg["widths"]), loss="square", reduction="mean",
-                      solver="tsit5", seeds_key="jax.random.key(0)"),
+                      solver="tsit5", seeds_key="jax.random.key(0)",
+                      endpoints=ENDPOINT_SETTINGS),
         seconds=time.perf_counter() - start,
         notes=notes,
         data=runs.dataset({"seeds_key": "jax.random.key(0), split once per (init, width)"}),
