@@ -352,3 +352,4 @@ def event_counts(traj) -> dict[str, Array]:
 from .hessian import ENDPOINT_KINDS as ENDPOINT_KINDS  # noqa: E402
 from .hessian import classify_endpoint as classify_endpoint  # noqa: E402
 from .hessian import hessian_extremes as hessian_extremes  # noqa: E402
+from .hessian import polish as polish  # noqa: E402

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -66,3 +68,32 @@ def runs(ds, **where):
 def values(ds, name, **where):
     """A variable's values over the selected runs."""
     return runs(ds, **where)[name].values
+
+
+def stored_final_net(ds, run: int, activation: str = "relu") -> gfsim.MLP:
+    """The net where run ``run`` of a flat experiment store ended (its ``final_weights``,
+    padding trimmed by ``layer_out`` / ``layer_in``, which are 0 or -1 past its depth)."""
+    W = ds["final_weights"].values[run]
+    shapes = zip(ds["layer_out"].values[run], ds["layer_in"].values[run])
+    return gfsim.MLP.from_weights([W[j, :o, :i] for j, (o, i) in enumerate(shapes) if o > 0],
+                                  activation)
+
+
+def endpoint_truth(net: gfsim.MLP, data: gfsim.Dataset, loss: str, reduction: str = "mean"):
+    """An independent look at where a net sits: the gradient norm and the dense Hessian's
+    eigenvalues (jax.hessian of the flattened loss, numpy eigvalsh); compiled once per shape."""
+    g, H = _grad_and_hessian(tuple(net.weights), data.X, data.Y, activation=net.activation,
+                             loss=loss, reduction=reduction)
+    return float(np.linalg.norm(np.asarray(g))), np.linalg.eigvalsh(np.asarray(H))
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "loss", "reduction"))
+def _grad_and_hessian(weights, X, Y, *, activation, loss, reduction):
+    theta, unravel = jax.flatten_util.ravel_pytree(list(weights))
+    data = gfsim.Dataset(X, Y)
+
+    def f(th):
+        return gfsim.objective(gfsim.MLP.from_weights(unravel(th), activation), data, loss,
+                               reduction)
+
+    return jax.grad(f)(theta), jax.hessian(f)(theta)

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import run_tiny, runs
+from helpers import endpoint_truth, run_tiny, runs, stored_final_net
 
 from gfsim.experiments import depth
 
@@ -249,3 +249,36 @@ def test_pair_verdict_rule():
 def test_spearman():
     assert depth.spearman([1, 2, 3, 4], [0.1, 0.2, 0.5, 0.9]) == pytest.approx(1.0)
     assert depth.spearman([1, 2, 3], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+
+
+def test_runs_that_missed_stop_loss_are_classified_against_an_independent_hessian(tiny):
+    # every run that missed stop_loss has an endpoint kind; its gradient norm and lambda_min
+    # are those of the stored final weights (recomputed), and the kind follows from them
+    import gfsim
+
+    result, d, out = tiny
+    ds = gfsim.store.flat(gfsim.load(out / "depth.zarr"))
+    kind = ds["endpoint_kind"].values
+    missed = ~ds["converged"].values
+    assert missed.any()  # the tiny profile has plateaus (a fixed key)
+    assert (kind[missed] != "").all()
+    datasets = {"paper_pair": gfsim.Dataset(d["pair_X"], d["pair_Y"]),
+                "teacher_student": gfsim.Dataset(d["X"], d["Y"])}
+    for r in np.flatnonzero(missed):
+        net = stored_final_net(ds, r)
+        grad, ev = endpoint_truth(net, datasets[str(ds["dataset"].values[r])], "exponential")
+        assert ds["endpoint_grad_norm"].values[r] == pytest.approx(grad, rel=1e-6, abs=1e-15)
+        assert (kind[r] == "not_stationary") == (grad > 1e-6)
+        assert ds["endpoint_lambda_min"].values[r] == pytest.approx(ev[0], abs=1e-7 * max(
+            1.0, ev[-1]))
+        if kind[r] != "not_stationary":
+            tol = 1e-6 * max(1.0, abs(ev[-1]))
+            want = ("strict_saddle" if ev[0] < -tol else "minimum" if ev[0] > tol
+                    else "degenerate")
+            assert kind[r] == want
+    note = next(n for n in result.notes if n.startswith("Where the runs"))
+    k0 = min(depth.PAIR["tiny"]["depths"])
+    g = runs(ds, dataset="paper_pair", depth=k0, control=False)
+    n = int((~g["converged"].values).sum())
+    if n:
+        assert f"size-2 k={k0} ({n} runs): " in note

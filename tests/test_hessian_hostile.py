@@ -1,8 +1,9 @@
-"""Hostile input to gfsim.hessian (hessian_extremes, classify_endpoint) and gfsim.derivatives
-(stop_time, scaled): every malformed argument is one ValueError that names the argument, shows
-its value (or its type or shape) and says what is allowed, raised before anything is traced or
-compiled. Two tripwires prove "before": the modules' jax and jnp and their compiled programs are
-replaced by objects that fail the test when touched, and JAX's compile log must stay empty."""
+"""Hostile input to gfsim.hessian (hessian_extremes, classify_endpoint, polish) and
+gfsim.derivatives (stop_time, scaled): every malformed argument is one ValueError that names the
+argument, shows its value (or its type or shape) and says what is allowed, raised before anything
+is traced or compiled. Two tripwires prove "before": the modules' jax and jnp and their compiled
+programs are replaced by objects that fail the test when touched, and JAX's compile log must stay
+empty."""
 
 import logging
 import math
@@ -83,7 +84,8 @@ def compile_log():
 
 @pytest.fixture
 def no_computation(monkeypatch, compile_log):
-    for module, names in ((hessian, ("jax", "jnp", "_extremes", "_grad_norm")),
+    for module, names in ((hessian, ("jax", "jnp", "lx", "optx", "_extremes", "_grad_norm",
+                                     "_polish")),
                           (derivatives, ("jax", "jnp", "_stop_time_one"))):
         for name in names:
             monkeypatch.setattr(module, name, _Tripwire(f"{module.__name__}.{name}"))
@@ -109,12 +111,16 @@ def classify(**kw):
     return lambda: hessian.classify_endpoint(kw.pop("net", NET), kw.pop("data", DATA), **kw)
 
 
+def polish(**kw):
+    return lambda: hessian.polish(kw.pop("net", NET), kw.pop("data", DATA), **kw)
+
+
 def stop(tol=0.1, t1=1.0, **kw):
     return lambda: gfsim.stop_time(kw.pop("net", NET), kw.pop("data", DATA), tol, t1, **kw)
 
 
 ENTRY_POINTS = {"hessian_extremes": extremes, "classify_endpoint": classify,
-                "stop_time": stop}
+                "polish": polish, "stop_time": stop}
 
 
 # -- the net and the data ----------------------------------------------------------------------
@@ -197,6 +203,12 @@ def test_iters_is_none_or_an_integer_from_k_to_the_parameter_count(iters, no_com
     refused("iters=3", extremes(k=4, iters=3), what=(f"from k=4 to {P}",))
 
 
+@HYP
+@given(steps=bad_counts.filter(lambda v: type(v) is not int or v < 1))
+def test_polish_max_steps_is_a_positive_integer(steps, no_computation):
+    refused("max_steps=", polish(max_steps=steps), what=("an integer >= 1",))
+
+
 def test_key_must_be_one_prng_key(no_computation):
     for bad in (0, "key", np.zeros(2), jax.random.split(KEY, 3)):
         refused("key=", extremes(key=bad))
@@ -215,6 +227,7 @@ bad_positive = st.one_of(
 @given(bad=bad_positive)
 @pytest.mark.parametrize("fn, field", [("classify_endpoint", "grad_tol"),
                                        ("classify_endpoint", "curvature_tol"),
+                                       ("polish", "tol"),
                                        ("stop_time", "tol"), ("stop_time", "t1")])
 def test_tolerances_and_times_are_finite_and_positive(fn, field, bad, no_computation):
     refused(f"{field}=", ENTRY_POINTS[fn](**{field: bad}), what=("finite real number > 0",))
@@ -277,6 +290,10 @@ def test_accepted_kinds_give_the_same_answer():
                                   curvature_tol=np.array(1e-6))
     assert a["kind"].tolist() == b["kind"].tolist()
     np.testing.assert_allclose(a["lambda_min"], b["lambda_min"], rtol=1e-8, atol=1e-10)
+    p, info = hessian.polish(NET, DATA, tol=1e-9, max_steps=3)
+    p2, info2 = hessian.polish(NET, DATA, tol=np.float32(1e-9), max_steps=np.int64(3))
+    np.testing.assert_allclose(np.asarray(p2.weights[0]), np.asarray(p.weights[0]), atol=1e-12)
+    assert info2["steps"] == info["steps"] <= 3
     for s in (2, np.float32(2.0), np.array(2.0), -1.0):
         np.testing.assert_allclose(np.asarray(gfsim.scaled(NET, s).weights[0]),
                                    float(s) * np.asarray(NET.weights[0]))

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import run_tiny, runs
+from helpers import endpoint_truth, run_tiny, runs, stored_final_net
 
 import gfsim
 from gfsim.cli import main
@@ -63,6 +63,48 @@ def test_negative_experiment_output(negative):
     assert verdicts <= {"agrees", "disagrees", "inconclusive"}
     assert os.path.getsize(os.path.join(out, result.figures[0])) > 10_000
     assert not math.isnan(result.seconds)
+
+
+def test_negative_plateaus_are_classified_against_an_independent_hessian(negative):
+    # A run on the 0.25 or 0.5 plateau has a dead unit (inactive on both points) or a dead
+    # point (every unit inactive on it); the dead unit's incoming weights are flat directions,
+    # so where the gradient vanishes the Hessian is singular: a degenerate point unless it has
+    # negative curvature. Checked against the gradient and the dense Hessian recomputed from the
+    # stored final weights.
+    result, ds, out = negative
+    data = gfsim.data.paper_pair()
+    X = np.asarray(data.X)
+    kind = ds["endpoint_kind"].values
+    loss = ds["final_loss"].values
+    assert (kind[~ds["converged"].values & np.isfinite(loss)] != "").all()
+    plateau = np.flatnonzero(np.isfinite(loss) & ((np.abs(loss - 0.25) < 1e-6)
+                                                  | (np.abs(loss - 0.5) < 1e-6)))
+    assert plateau.size >= 4  # a fixed key: ~40% of width-2 runs end on a plateau
+    stationary = 0
+    for r in plateau:
+        net = stored_final_net(ds, r)
+        grad, ev = endpoint_truth(net, data, "square")
+        assert ds["endpoint_grad_norm"].values[r] == pytest.approx(grad, rel=1e-6, abs=1e-15)
+        if grad > 1e-6:  # still sliding along a kink
+            assert kind[r] == "not_stationary"
+            continue
+        stationary += 1
+        active = np.asarray(net.preactivations(X)[0]) > 0  # (point, unit)
+        assert (~active).all(0).any() or (~active).all(1).any()  # a dead unit or point
+        assert ds["endpoint_lambda_min"].values[r] == pytest.approx(ev[0], abs=1e-8)
+        negative_curvature = ev[0] < -1e-6 * max(1.0, ev[-1])
+        assert kind[r] == ("strict_saddle" if negative_curvature else "degenerate")
+        assert np.min(np.abs(ev)) < 1e-8  # singular: the flat directions of the dead unit
+        # Newton finds the stationary point where the run is
+        assert ds["polish_converged"].values[r] and ds["polish_distance"].values[r] < 1e-6
+    assert stationary >= 4
+    note = next(n for n in result.notes if n.startswith("Where the runs"))
+    for init in ("disk", "xavier"):
+        d = runs(ds, init=init, width=2)
+        k = d["endpoint_kind"].values[~d["converged"].values]
+        assert f"{init}-w2 ({k.size} runs): " in note
+        if (k == "degenerate").any():
+            assert f"{int((k == 'degenerate').sum())} degenerate" in note
 
 
 def test_negative_store_is_plottable_and_keeps_the_result(negative):

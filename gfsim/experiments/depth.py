@@ -25,6 +25,8 @@ import gfsim
 from gfsim import analysis
 
 from . import Claim, Result, Runs, pyplot, register_experiment, save_figure, store_name
+from ._endpoints import SETTINGS as ENDPOINT_SETTINGS
+from ._endpoints import classify_runs, describe
 
 SETTINGS = {
     "quick": dict(n=32, dim=8, width=24, depths=(2, 3, 4, 6, 8), seeds=8, scale=0.1,
@@ -139,6 +141,10 @@ def _sweep_one(data, cfg: dict, k: int, key, scale: float, t1: float, lname: str
     r = summarise(tr, net.weights, X, Y, stop)
     r["F2_init"] = np.mean(np.stack([np.asarray(analysis.frobenius_norm(w)) ** 2
                                      for w in net.weights], 1), 1)
+    # where the runs that missed stop_loss ended (the whole batch: one compile per shape); no
+    # Newton polish: under the exponential loss a stationary point may lie only at infinity
+    r["ends"] = (classify_runs(tr.final_weights, "relu", data, loss=lname, reduction="mean",
+                               polish=False) if not r["converged"].all() else {})
     if runs is not None:
         runs.add(tr, coords=dict(
             coords or {}, depth=k, width=cfg["width"], loss=lname, init="gaussian",
@@ -148,7 +154,7 @@ def _sweep_one(data, cfg: dict, k: int, key, scale: float, t1: float, lname: str
             lanes=opts.get("lanes"), num_saves=NUM_SAVES, decades=DECADES,
             seed=np.arange(cfg["seeds"])),
             extra={**{f: r[f] for f in _PER_RUN},
-                   **{f: (("run", "layer"), r[f]) for f in _PER_LAYER}},
+                   **{f: (("run", "layer"), r[f]) for f in _PER_LAYER}, **r["ends"]},
             group=group, final_weights=True)
     return r
 
@@ -535,6 +541,20 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
                                                        notconv.items()) or "none")
         + ". Rank statistics use converged runs only; the bound check uses every run "
         "(it is exact for any weights).")
+    ends = [(f"{lk} k={k}", r) for (lk, k), r in results.items()]
+    ends += [(f"{lk} control k={k}", r) for (lk, k), r in control.items()]
+    ends += [(f"size-2 k={k}", r) for k, r in pair.items()]
+    ends += [(f"size-2 control k={k}", r) for k, r in pair_ctrl.items()]
+    ends = [(name, r) for name, r in ends if r["ends"]]
+    notes.append(
+        "Where the runs that missed stop_loss (stalled or not converged) ended, by "
+        "gfsim.analysis.classify_endpoint at the final weights (not stationary if ||grad L|| > "
+        f"{ENDPOINT_SETTINGS['grad_tol']:g}, else by the extreme Hessian eigenvalues on the "
+        "current activation pattern): "
+        + ("; ".join(f"{name} ({int((~r['converged']).sum())} runs): "
+                     f"{describe(r['ends'], ~r['converged'])}" for name, r in ends)
+           or "every run converged")
+        + ". Per run: endpoint_kind, endpoint_lambda_min, endpoint_grad_norm in the store.")
     notes.append(
         f"Init: gaussian, entries N(0, {cfg['scale']}^2/fan_in). It is small in output (the "
         "initial output shrinks like scale^k) but not exactly balanced; under the exponential "
@@ -612,6 +632,8 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
                       teacher_widths=list(TEACHER_WIDTHS), init="gaussian", reduction="mean",
                       solver="tsit5", num_saves=NUM_SAVES, decades=DECADES,
                       seeds_key="jax.random.key(1)",
+                      endpoints={k: v for k, v in ENDPOINT_SETTINGS.items()
+                                 if k in ("grad_tol", "curvature_tol")},
                       pair=dict(pc, depths=list(pc["depths"]), method="events",
                                 labels=[1.0, 1.0], angle_deg=90.58, loss="exponential")),
         seconds=time.perf_counter() - start,

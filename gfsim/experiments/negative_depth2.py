@@ -13,6 +13,8 @@ import gfsim
 from gfsim import analysis
 
 from . import Claim, Result, Runs, pyplot, register_experiment, save_figure, store_name
+from ._endpoints import SETTINGS as ENDPOINT_SETTINGS
+from ._endpoints import classify_runs, describe
 
 SETTINGS = {
     "quick": dict(seeds=288, widths=(2, 16), t1=300.0, rtol=1e-8, max_steps_xavier=5_000),
@@ -88,7 +90,7 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
     theta = math.acos(cos)
     analytic = 2.0 / (1.0 + abs(cos))
     key = jax.random.key(0)
-    results = {}
+    results, ends = {}, {}
     runs = Runs()
     fixed = dict(dataset="paper_pair", depth=2, t1=cfg["t1"], rtol=cfg["rtol"], loss="square",
                  reduction="mean", solver="tsit5", method="auto")
@@ -101,11 +103,14 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         tr = gfsim.simulate(net, data, cfg["t1"], rtol=cfg["rtol"], reduction="mean",
                             max_steps=max_steps)
         r = results[f"{init}-w{width}"] = summarise(tr, np.asarray(net.weights[0]), X)
+        # where the runs ended: at a saddle, a minimum, a flat point, or still moving
+        e = ends[f"{init}-w{width}"] = classify_runs(tr.final_weights, "relu", data,
+                                                     loss="square", reduction="mean")
         runs.add(tr, coords=dict(init=init, width=width, init_scale=scale, max_steps=max_steps,
                                  seed=np.arange(cfg["seeds"]), **fixed),
                  extra={"stable_rank": (("run", "layer"), r["stable_rank"]),
-                        "converged": r["converged"], "split_start": r["split_start"]},
-                 initial_weights=net.weights, group=f"{init}-w{width}",
+                        "converged": r["converged"], "split_start": r["split_start"], **e},
+                 initial_weights=net.weights, final_weights=True, group=f"{init}-w{width}",
                  summary={k: v for k, v in r.items() if np.ndim(v) == 0})
         if progress is not None:
             progress(f"negative: {init} width {width}")
@@ -167,6 +172,17 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
             + ", ".join(f"{k}: {v}" for k, v in stalled.items())
             + ". The non-smooth integrator (issue 3) removes the stall."
         )
+    notes.append(
+        "Where the runs that did not reach loss 1e-4 ended (gfsim.analysis.classify_endpoint at "
+        f"the final weights: not stationary if ||grad L|| > {ENDPOINT_SETTINGS['grad_tol']:g}, "
+        "else by the extreme Hessian "
+        "eigenvalues on the current activation pattern; then a Newton polish, "
+        "gfsim.analysis.polish, to the stationary point nearby): "
+        + "; ".join(f"{k} ({int((~r['converged']).sum())} runs): "
+                    f"{describe(ends[k], ~r['converged'])}" for k, r in results.items())
+        + ". Per run: endpoint_kind, endpoint_lambda_min, endpoint_grad_norm, polished_kind, "
+        "polish_distance in the store. A Hessian sees only the pattern the run is in: a point "
+        "that is flat or a minimum inside it can still be left across a kink.")
     return Result(
         name="negative",
         title="A. Negative result at depth 2 (size-2 dataset)",
@@ -174,7 +190,8 @@ def run(profile: str, out_dir: str, progress=None) -> Result:
         figures=[fig],
         data_file=store_name("negative"),
         settings=dict(cfg, widths=list(cfg["widths"]), loss="square", reduction="mean",
-                      solver="tsit5", seeds_key="jax.random.key(0)"),
+                      solver="tsit5", seeds_key="jax.random.key(0)",
+                      endpoints=ENDPOINT_SETTINGS),
         seconds=time.perf_counter() - start,
         notes=notes,
         data=runs.dataset({"seeds_key": "jax.random.key(0), split once per (init, width)"}),
