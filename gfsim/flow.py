@@ -402,13 +402,14 @@ def simulate(
       has come down 1% from its start (so neither t ~ 0 nor a small init's plateau before its
       escape counts): status ``plateau``. A run converging to a non-zero minimum ends there
       too; one whose loss decays like 1/t (exponential loss on separable data) never does.
-      Under ``"plain"`` only for now.
+      Under ``"events"`` the norm is that of the field the flow follows (the sliding field
+      while pairs slide).
     - ``clock``: the time the solver steps in: ``"linear"`` (t itself), ``"log"`` (s = log(1 +
       t), the field times dt/ds = 1 + t: bounded steps per decade where the flow slows like
       1/t, as under the exponential and logistic losses, whose direction converges like
       1/log t) or ``"auto"`` (default: ``"log"`` for the exponential and logistic losses
       with t1 > 1e3, ``"linear"`` otherwise). Save times, ``t_final`` and every output are
-      in t either way. Under ``"plain"`` only for now (``"events"`` steps in t).
+      in t either way. Under both methods.
     - ``max_steps``: step budget per run; a run that exhausts it ends with status ``max_steps``.
     - ``method``: ``"auto"`` (default: ``"events"`` for nets whose activation has a kink, such
       as ReLU and leaky ReLU, ``"plain"`` otherwise), ``"events"`` (the exact piecewise-smooth
