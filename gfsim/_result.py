@@ -45,16 +45,21 @@ class RawResult(eqx.Module):
 _FIELDS = tuple(RawResult.__dataclass_fields__)
 
 
-def status_from_diffrax(result, rules=None) -> Int[Array, "*runs"]:
+_RULES = (Status.STOP_LOSS, Status.STOP_GRAD, Status.PLATEAU)
+
+
+def status_from_diffrax(result, rules=None, enabled=(True, True, True)) -> Int[Array, "*runs"]:
     """Diffrax's outcome of a ``diffeqsolve`` (its ``RESULTS``) as a Status code. A stop event
     is the first of ``rules = (loss, grad, plateau)`` (booleans: which stop rules hold where
-    the run ended) that holds: ``stop_loss``, ``stop_grad``, ``plateau``."""
-    if rules is None:
-        event = Status.STOP_LOSS
-    else:
-        hit_loss, hit_grad, _ = rules
-        event = jnp.where(hit_loss, Status.STOP_LOSS,
-                          jnp.where(hit_grad, Status.STOP_GRAD, Status.PLATEAU))
+    the run ended) that holds: ``stop_loss``, ``stop_grad``, ``plateau``; if none holds on
+    re-evaluation (a round-off away from its threshold), the first rule that was given
+    (``enabled``: static booleans)."""
+    given = [s for s, on in zip(_RULES, enabled) if on]
+    event = given[0] if given else Status.STOP_LOSS
+    if rules is not None:
+        for hit, s, on in reversed(list(zip(rules, _RULES, enabled))):
+            if on:
+                event = jnp.where(hit, s, event)
     return jnp.where(
         result == diffrax.RESULTS.successful,
         Status.REACHED_T1,

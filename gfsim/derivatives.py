@@ -85,7 +85,7 @@ def stop_time(net: MLP, data: Dataset, tol, t1, *, loss: str = "square",
     return _stop_time_one(net, data, tol, t1, kw)
 
 
-_SET_BY_STOP_TIME = ("ts", "stop_loss", "stop_grad", "num_saves")
+_SET_BY_STOP_TIME = ("ts", "stop_loss", "stop_grad", "stop_plateau", "num_saves")
 
 
 def _check_stop_time(net, data, tol, t1, loss, reduction, options) -> None:

@@ -162,8 +162,6 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         # Phase 1: the explicit solver, watched; it ends at t1, at a stop rule, out of steps,
         # or when its steps have been stability-limited for `patience` steps.
         watched = solver.watched()
-        implicit = solver.implicit(theta0.shape[0], controller.rtol, controller.atol,
-                                   controller.norm)
         # Diffrax picks the stage loop's kind for its adjoint on the solver it is given (a
         # custom_vjp loop cannot be jvp'd): the same for the solvers inside the watched one
         kind = ("lax" if isinstance(adjoint, diffrax.ForwardMode) else "bounded"
@@ -171,7 +169,6 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         if kind is not None:
             watched = eqx.tree_at(lambda w: w.inner, watched,
                                   _with_scan_kind(watched.inner, kind))
-            implicit = _with_scan_kind(implicit, kind)
         ctrl = eqx.tree_at(lambda c: c.norm, controller, _theta_norm(controller.norm))
 
         def cond1(s, y, args, **kw):
@@ -188,10 +185,17 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         s1 = sol1.ts[1][0]
         y1 = sol1.ys[1][0][0]
         stop1 = any_rule(s1, y1, data) if has_rules else jnp.zeros((), bool)
-        switch = ((sol1.result == diffrax.RESULTS.event_occurred) & ~stop1
-                  & (sol1.ys[1][1][0, 0] >= solver.patience) & (s1 < S1))
+        event1 = sol1.result == diffrax.RESULTS.event_occurred
+        switch = event1 & ~stop1 & (sol1.ys[1][1][0, 0] >= solver.patience) & (s1 < S1)
+        # the stiffness count may reach its patience on the step that lands on t1: no stop
+        result1 = diffrax.RESULTS.where(event1 & ~stop1 & ~switch, diffrax.RESULTS.successful,
+                                        sol1.result)
         # Phase 2: the implicit solver from there to t1 (no steps for a run that did not switch).
         s2_0 = jnp.where(switch, s1, S1)
+        implicit = solver.implicit(theta0.shape[0], controller.rtol, controller.atol,
+                                   controller.norm, scale=jnp.max(jnp.abs(y1)))
+        if kind is not None:
+            implicit = _with_scan_kind(implicit, kind)
         sol2 = diffrax.diffeqsolve(
             diffrax.ODETerm(velocity), implicit, t0=s2_0, t1=S1,
             dt0=None,
@@ -206,10 +210,10 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         ys_ts = jnp.where(later[:, None], sol2.ys[0], sol1.ys[0][0])
         s_end = jnp.where(switch, sol2.ts[1][0], s1)
         y_end = jnp.where(switch, sol2.ys[1][0], y1)
-        result = diffrax.RESULTS.where(switch, sol2.result, sol1.result)
+        result = diffrax.RESULTS.where(switch, sol2.result, result1)
         steps = tuple(sol1.stats[k] + jnp.where(switch, sol2.stats[k], 0) for k in (
             "num_steps", "num_accepted_steps", "num_rejected_steps"))
-        s_stiff = jnp.where(switch, s1, jnp.nan)
+        s_stiff = jnp.where(switch, s1, 0.0)
 
     # (a run that reached t1 ends at t1 exactly, not at expm1(log1p(t1)))
     t_final = jnp.where(start_ok, jnp.where(s_end >= S1, t1, wall(s_end)), 0.0)
@@ -232,11 +236,13 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         final_weights=eqx.combine(final, skeleton).weights,
         final_loss=final_loss,
         t_final=t_final,
-        status=final_status(status_from_diffrax(result, which), finite),
+        status=final_status(status_from_diffrax(
+            result, which, (cfg.has_stop, cfg.has_stop_grad, cfg.has_stop_plateau)), finite),
         num_steps=steps[0],
         num_accepted=steps[1],
         num_rejected=steps[2],
-        t_stiff=None if s_stiff is None else wall(s_stiff),
+        # (NaN for runs that did not switch, outside expm1: no NaN tangents)
+        t_stiff=None if s_stiff is None else jnp.where(switch, wall(s_stiff), jnp.nan),
     )
 
 
@@ -408,9 +414,13 @@ def simulate(
       t), the field times dt/ds = 1 + t: bounded steps per decade where the flow slows like
       1/t, as under the exponential and logistic losses, whose direction converges like
       1/log t) or ``"auto"`` (default: ``"log"`` for the exponential and logistic losses
-      with t1 > 1e3, ``"linear"`` otherwise). Save times, ``t_final`` and every output are
-      in t either way. Under both methods.
-    - ``max_steps``: step budget per run; a run that exhausts it ends with status ``max_steps``.
+      with t1 > 1e3, ``"linear"`` otherwise; so under ``"auto"`` a t1 crossing 1e3 compiles
+      another program, and a traced t1 means ``"linear"``). Save times, ``t_final`` and
+      every output are in t either way; ``Trajectory.method`` ends in ``"+log"`` under the
+      log clock. Under both methods.
+    - ``max_steps``: step budget per run (under ``solver="auto"`` and ``"plain"``, per phase: the
+      explicit steps before a switch and the implicit ones after it have one each); a run
+      that exhausts it ends with status ``max_steps``.
     - ``method``: ``"auto"`` (default: ``"events"`` for nets whose activation has a kink, such
       as ReLU and leaky ReLU, ``"plain"`` otherwise), ``"events"`` (the exact piecewise-smooth
       flow through kinks and sliding modes, :mod:`gfsim.events`; explicit solvers only) or
@@ -465,6 +475,10 @@ def simulate(
                             max_sliding=max_sliding, lanes=lanes, adjoint=adjoint)
     _check_save_rule(num_saves, decades)
     runs = net.runs or data.runs or 1
+    if isinstance(method.solver, _stiff.Auto) and net.activation_fn.has_kink:
+        # the plain field of a kinked activation jumps at every kink: the stiffness watch would
+        # read the chatter there as stiffness, and Newton needs a smooth field. Explicit only.
+        method = dataclasses.replace(method, solver=method.solver.explicit)
     if isinstance(method, Events):
         if not net.activation_fn.has_kink:
             raise ValueError(
@@ -517,7 +531,7 @@ def simulate(
             loss_name=loss,
             reduction=reduction,
             activation=net.activation,
-            method=cfg.method.label(),
+            method=cfg.method.label() + ("+log" if cfg.log_time else ""),
             lanes=(cfg.method.lanes or runs_) if events else None,
         )
         if events:

@@ -68,27 +68,77 @@ def test_saves_across_the_switch_agree_with_the_explicit_solver(unfittable):
     np.testing.assert_allclose(np.asarray(unfittable.loss), np.asarray(ref.loss), rtol=1e-6)
 
 
+def test_a_stiff_start_gets_through_where_tsit5_runs_out_and_matches_radau():
+    # a linear net with weights x 1e3 (tests/test_failing_runs.py: on Tsit5 alone, 2000 steps
+    # reach t = 0.005): stiff from its first steps; the end against scipy's Radau at rtol 1e-11
+    from helpers import scipy_flow
+
+    key = jax.random.key(0)
+    data = gfsim.data.sphere(key, 3, 2)
+    w = [1e3 * np.asarray(a)[1] for a in gfsim.MLP((2, 3, 1), "linear", key=key,
+                                                     runs=3).weights]
+    net = gfsim.MLP.from_weights(w, "linear")
+    tr = gfsim.simulate(net, data, 10.0, num_saves=2, max_steps=2000)
+    assert tr.status_labels() == "reached_t1" and int(tr.num_steps) < 500
+    assert float(tr.t_stiff) < 1e-2
+    ref, unravel = scipy_flow(net, data, [0.0, 10.0], reduction="mean", rtol=1e-11,
+                              atol=1e-11, method="Radau")
+    end = unravel(jnp.asarray(ref[-1]))
+    for a, b in zip(tr.final_weights, end):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
 def test_a_flow_that_is_not_stiff_never_switches():
     # t1 = 1: the escape from the init, steps limited by accuracy, not stability
     tr = gfsim.simulate(NETS[0], DATA, 1.0, rtol=1e-8)
     assert np.isnan(float(tr.t_stiff)) and tr.status_labels() == "reached_t1"
 
 
-def test_gradient_through_a_switched_run_matches_finite_differences():
-    # d(final loss)/d(init scale) through both phases (the switch time is a discrete choice:
-    # the trajectory does not depend on it, up to the tolerance)
+def test_gradients_through_a_switched_run_match_finite_differences():
+    # d/dc of |W1|^2 at the end, from the init c * W: it depends on c at convergence too (the
+    # flow conserves W1 W1^T - W2^T W2, so where on the manifold of minima it ends does), and
+    # goes through both phases (the switch time is a discrete choice the trajectory does not
+    # depend on, up to the tolerance). Reverse and forward mode.
     net = NETS[0]
 
-    def final_loss(c):
+    def end_norm(c, adjoint="reverse"):
         n = gfsim.MLP.from_weights([c * w for w in net.weights], "linear")
-        return gfsim.simulate(n, DATA, 200.0, rtol=1e-10, num_saves=2).final_loss
+        tr = gfsim.simulate(n, DATA, 200.0, rtol=1e-10, num_saves=2, adjoint=adjoint)
+        return jnp.sum(tr.final_weights[0] ** 2)
 
     probe = gfsim.simulate(net, DATA, 200.0, rtol=1e-10, num_saves=2)
     assert float(probe.t_stiff) < 200.0  # the switch happens inside [0, t1]
-    g = float(jax.grad(final_loss)(1.0))
+    g = float(jax.grad(end_norm)(1.0))
+    jvp = float(jax.jvp(lambda c: end_norm(c, "forward"), (1.0,), (1.0,))[1])
     eps = 1e-4
-    fd = (float(final_loss(1.0 + eps)) - float(final_loss(1.0 - eps))) / (2 * eps)
-    assert g == pytest.approx(fd, rel=1e-4, abs=1e-9)
+    fd = (float(end_norm(1.0 + eps)) - float(end_norm(1.0 - eps))) / (2 * eps)
+    assert abs(fd) > 1e-2  # not a derivative that is ~0 anyway
+    assert g == pytest.approx(fd, rel=1e-5)
+    assert jvp == pytest.approx(fd, rel=1e-5)
+
+
+def test_a_batch_of_switched_and_unswitched_runs_is_each_run_alone():
+    # run 1 starts at zero weights (a stationary point: no steps to speak of, never stiff)
+    zero = gfsim.MLP.from_weights([0.0 * w for w in NETS[0].weights], "linear")
+    both = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), NETS[0], zero)
+    tr = gfsim.simulate(both, DATA, 1e4, rtol=1e-8)
+    assert np.isfinite(float(tr.t_stiff[0])) and np.isnan(float(tr.t_stiff[1]))
+    for i, one in enumerate((NETS[0], zero)):
+        alone = gfsim.simulate(one, DATA, 1e4, rtol=1e-8)
+        assert int(alone.num_steps) == int(tr.num_steps[i])
+        np.testing.assert_allclose(np.asarray(tr.loss[i]), np.asarray(alone.loss), rtol=1e-12)
+        for u, v in zip(tr.weights, alone.weights):
+            np.testing.assert_allclose(np.asarray(u[i]), np.asarray(v), atol=1e-12)
+    # and the store keeps when each run switched
+    ds = gfsim.store.to_xarray(tr)
+    np.testing.assert_array_equal(ds["t_stiff"].values, np.asarray(tr.t_stiff))
+
+
+def test_relu_under_the_plain_method_stays_explicit():
+    # the plain field of a ReLU net jumps at its kinks: no stiffness watch, no Newton there
+    relu = gfsim.MLP((3, 4, 2), key=jax.random.key(9))
+    tr = gfsim.simulate(relu, DATA, 1.0, method="plain", num_saves=2)
+    assert tr.method == "gf:tsit5" and tr.t_stiff is None
 
 
 # -- long horizons: the exponential loss on separable data, to t1 = 1e20 ------------------------
@@ -186,6 +236,12 @@ def test_plateau_rule_stops_at_the_unfittable_minimum():
     tr = gfsim.simulate(NETS[0], DATA, 1e4, rtol=1e-8, stop_plateau=1e-6)
     assert tr.status_labels() == "plateau"
     assert float(tr.t_final) < 1e4
+    # it fired in the explicit phase (before the steps became stability-limited, t ~ 47)
+    assert np.isnan(float(tr.t_stiff))
+    # a far smaller tolerance waits into the implicit phase: the stop is found there
+    late = gfsim.simulate(NETS[0], DATA, 1e4, rtol=1e-8, stop_plateau=1e-20)
+    assert late.status_labels() == "plateau"
+    assert float(late.t_stiff) < float(late.t_final) < 1e4
     # at the stop the loss decreases by < 1e-6 of itself per decade: it is at L* to ~1e-7
     assert float(tr.final_loss) == pytest.approx(L_LSTSQ, rel=1e-6)
     # later save slots are NaN, like any early stop

@@ -429,9 +429,10 @@ def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reductio
                                                   setup.data)
     saved = eqx.combine(jax.vmap(jax.vmap(m.unravel))(final.saves), m.skeleton)
     end = eqx.combine(jax.vmap(m.unravel)(runs.y), m.skeleton)
+    t_final = jnp.where(runs.t >= setup.t1, t1, setup.wall(runs.t))
     out = RawResult(
         loss=losses, weights=saved.weights, biases=saved.biases, final_weights=end.weights,
-        final_loss=final_loss, t_final=jnp.where(runs.t >= setup.t1, t1, setup.wall(runs.t)), status=final_status(runs.status, finite),
+        final_loss=final_loss, t_final=t_final, status=final_status(runs.status, finite),
         num_steps=runs.steps, num_accepted=runs.accepted, num_rejected=runs.rejected,
         num_crossings=runs.crossings, num_slides=runs.slides,
         sliding=m.split_pairs(final.saved_held, setup.points), loop_steps=final.iteration)

@@ -181,7 +181,7 @@ FIELDS: dict[str, Field] = {
                        "stop a run once its loss is below this (none: never)"),
     "stop_plateau": Field(None, _float(lo=0.0, open_lo=True, optional=True),
                           "stop a run once its loss falls by less than this share per decade "
-                          "(plain method; none: never)"),
+                          "(none: never)"),
     "clock": Field("auto", _choice(lambda: ("auto", "linear", "log")),
                    "the solver's time: t, log(1 + t), or auto (log for exp/logistic losses)"),
     "max_steps": Field(100_000, _int(1), "step budget per run"),
@@ -439,7 +439,12 @@ def check_config(cfg: dict) -> None:
     method = cfg["method"]
     if method == "auto":  # simulate's rule: the event-driven solver for kinked activations
         method = "events" if cfg["activation"] in ("relu", "leaky_relu") else "plain"
-    if method == "events" and not isinstance(SOLVERS.get(cfg["solver"])(), diffrax.AbstractERK):
+    from ..stiff import Auto
+
+    solver = SOLVERS.get(cfg["solver"])()
+    if isinstance(solver, Auto):  # the event solver takes its explicit solver
+        solver = solver.explicit
+    if method == "events" and not isinstance(solver, diffrax.AbstractERK):
         raise ValueError(
             f"solver={cfg['solver']!r} cannot be used with method={cfg['method']!r} for "
             f"activation={cfg['activation']!r}; allowed: an explicit Runge-Kutta solver (tsit5, "
