@@ -1,14 +1,18 @@
 """Stiff endpoints and long horizons: explicit against implicit steps (issue 16).
 
-    python benchmarks/stiff.py [--profile quick|full] [--out benchmarks/results/stiff_quick.json]
+    python benchmarks/stiff.py [--profile quick|full] [--cases lsq exp wd]
+        [--out benchmarks/results/stiff_quick.json]
 
 Cases (every one run to where the flow has done its work: a stiff endpoint or t1 = 1e20):
 
 - S-LSQ: depth-2 linear nets on targets they cannot fit (n = 50 points in 10-D, 5 outputs,
   width 16, Gaussian init, mean loss; the end is the least-squares map), t1 = 1e4, rtol 1e-8.
-- W-D to its stiff endpoint: the W-D workload of gfsim.bench (deep linear 30x30 matrix
-  completion, depth 3, N(0, 1e-3^2) init, sum loss on the observed entries), t1 = 3e4 instead
-  of W-D's 3000: past the plateaus, into the tail where every singular value is fitted.
+- W-D to its stiff endpoint (``--cases wd``, not in the default run): the W-D workload of
+  gfsim.bench (deep linear 30x30 matrix completion, depth 3, N(0, 1e-3^2) init, sum loss on the
+  observed entries), t1 = 3e4 instead of W-D's 3000. Its 2700 parameters are above
+  gfsim.stiff.DENSE_LIMIT, so ``"auto"`` stays explicit there: the case compares Tsit5 with
+  itself until the matrix-free Newton systems are fast (its Tsit5 reference at rtol 1e-11 did
+  not finish in 10 minutes on the 2-core CPU).
 - S-EXP: the exponential loss on separable data (12 points in 3-D, a linear classifier of
   width 4), t1 = 1e20: steps per decade, clock "linear" against "log".
 
@@ -152,12 +156,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--cases", nargs="+", default=["lsq", "exp"],
+                    choices=["lsq", "exp", "wd"])
     args = ap.parse_args(argv)
     p = PROFILES[args.profile]
-    rows = case_lsq(p["seeds"], p["repeats"]) + case_wd(p["seeds"], p["repeats"]) + case_exp(
-        p["repeats"])
-    for r in rows:
-        print(json.dumps(r), flush=True)
+    cases = {"lsq": lambda: case_lsq(p["seeds"], p["repeats"]),
+             "exp": lambda: case_exp(p["repeats"]),
+             "wd": lambda: case_wd(p["seeds"], p["repeats"])}
+    rows = []
+    for name in args.cases:
+        for r in cases[name]():
+            print(json.dumps(r), flush=True)
+            rows.append(r)
     out = args.out or os.path.join(os.path.dirname(__file__), "results",
                                    f"stiff_{args.profile}.json")
     meta = {"profile": args.profile, "machine": platform.processor() or platform.machine(),

@@ -302,6 +302,13 @@ def _check_save_rule(num_saves, decades) -> None:
     _check.real(decades, "decades", lo=0.0)
 
 
+def _param_count(net) -> int:
+    """Parameters of one run of ``net`` (weights and biases)."""
+    lead = 1 if net.is_batched else 0
+    arrays = list(net.weights) + list(net.biases or ())
+    return int(sum(np.prod(a.shape[lead:]) for a in arrays))
+
+
 def _check_start(net) -> None:
     """Refuse non-finite initial weights and biases (a run cannot start there: it would spend
     its whole step budget at t = 0), naming the runs."""
@@ -475,9 +482,11 @@ def simulate(
                             max_sliding=max_sliding, lanes=lanes, adjoint=adjoint)
     _check_save_rule(num_saves, decades)
     runs = net.runs or data.runs or 1
-    if isinstance(method.solver, _stiff.Auto) and net.activation_fn.has_kink:
-        # the plain field of a kinked activation jumps at every kink: the stiffness watch would
-        # read the chatter there as stiffness, and Newton needs a smooth field. Explicit only.
+    if isinstance(method.solver, _stiff.Auto) and not method.solver.switches(
+            net.activation_fn.has_kink, _param_count(net)):
+        # the plain field of a kinked activation jumps at every kink (the stiffness watch would
+        # read the chatter there as stiffness, and Newton needs a smooth field); above
+        # DENSE_LIMIT parameters the matrix-free Newton systems are not fast enough yet
         method = dataclasses.replace(method, solver=method.solver.explicit)
     if isinstance(method, Events):
         if not net.activation_fn.has_kink:

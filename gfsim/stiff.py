@@ -17,9 +17,12 @@ The implicit solver is Kvaerno's ESDIRK 5(4) (L-stable, stiffly accurate) with f
 iterations: Diffrax's default chord iteration (one Jacobian per step) rejected half its steps on
 that linear net (1268 steps, 650 rejected), Newton 122 steps, 2 rejected. The Newton systems
 ``(I + gamma h H) dk = r`` are solved densely (LU of the materialised Jacobian, one
-Hessian-vector product per parameter) for small nets and matrix-free by GMRES (lineax; one
-Hessian-vector product, ``jax.jvp`` of the gradient, per iteration) above
-:data:`DENSE_LIMIT` parameters.
+Hessian-vector product per parameter) up to :data:`DENSE_LIMIT` parameters. Matrix-free GMRES
+(lineax; one Hessian-vector product, ``jax.jvp`` of the gradient, per iteration) is there with
+``linear_solver="gmres"`` but not yet fast: without a preconditioner it needs many iterations
+on ``I + gamma h H`` once ``h lambda_max`` is large (the S-LSQ benchmark, 240 parameters:
+dense 1.2 s, GMRES over 10 minutes), so above DENSE_LIMIT parameters ``"auto"`` stays
+explicit (:meth:`Auto.switches`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import lineax as lx
 import numpy as np
 import optimistix as optx
 
-# Newton systems of at most this many unknowns are solved densely (LU); larger ones by GMRES.
+# Newton systems of at most this many unknowns are solved densely (LU); above it, "auto" does
+# not switch (GMRES is opt-in: linear_solver="gmres").
 DENSE_LIMIT = 400
 
 LINEAR_SOLVERS = ("auto", "dense", "gmres")
@@ -74,7 +78,9 @@ class Auto(eqx.Module):
     - ``threshold``: the share of the explicit method's stability boundary that ``h rho``
       must exceed for a step to count as stiff (default 0.9).
     - ``linear_solver``: the Newton systems' solver: ``"auto"`` (default: dense LU up to
-      :data:`DENSE_LIMIT` parameters, GMRES above), ``"dense"`` or ``"gmres"``.
+      :data:`DENSE_LIMIT` parameters; above it no switch, explicit steps throughout),
+      ``"dense"`` (LU at any size) or ``"gmres"`` (matrix-free, slow without a
+      preconditioner: see the module's notes).
     """
 
     explicit: diffrax.AbstractSolver = eqx.field(static=True)
@@ -103,6 +109,15 @@ class Auto(eqx.Module):
             raise ValueError(f"linear_solver={linear_solver!r} is not allowed; allowed: "
                              f"{', '.join(map(repr, LINEAR_SOLVERS))}.")
         self.linear_solver = linear_solver
+
+    def switches(self, kinked: bool, params: int) -> bool:
+        """Whether runs of a net may switch under ``method="plain"``: not for a kinked
+        activation (its plain field jumps at the kinks), and with ``linear_solver="auto"`` not
+        above :data:`DENSE_LIMIT` parameters (GMRES without a preconditioner took minutes where
+        dense LU took a second: opt in with ``linear_solver="gmres"``)."""
+        if kinked:
+            return False
+        return self.linear_solver != "auto" or params <= DENSE_LIMIT
 
     def name(self) -> str:
         return f"auto({type(self.explicit).__name__.lower()}>kvaerno5)"
