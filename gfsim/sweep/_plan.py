@@ -25,7 +25,7 @@ import math
 from ._runs import widths
 from ._spec import FIELDS, Spec
 
-TRACED = ("t1", "rtol", "atol", "stop_loss")
+TRACED = ("t1", "rtol", "atol", "stop_loss", "stop_plateau")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +60,8 @@ def _points(cfg: dict) -> int:
 def _shape_key(cfg: dict):
     static = tuple(cfg[k] for k in FIELDS if not FIELDS[k].in_batch and k not in TRACED
                    and k not in ("dim", "d_out", "width", "depth", "n", "dataset"))
-    return (widths(cfg), _points(cfg), cfg["stop_loss"] is None) + static
+    return (widths(cfg), _points(cfg), cfg["stop_loss"] is None,
+            cfg["stop_plateau"] is None) + static
 
 
 def _group_key(cfg: dict):
