@@ -142,17 +142,20 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         a, b, c = rules(s, theta, args)
         return a | b | c
 
+    stop_event = (diffrax.Event(lambda s, y, args, **kw: any_rule(s, y, args))
+                  if has_rules else None)
+
+    def save_at(ts_):
+        # two save streams: the requested times, and the state where the solve ended (t1, a
+        # stop event, or the last step before the budget ran out)
+        return diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts_), diffrax.SubSaveAt(t1=True)])
+
     if not auto:
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(velocity), solver, t0=jnp.zeros_like(t1), t1=S1, dt0=None,
-            y0=theta0, args=data,
-            # Two save streams: the requested times, and the state where the solve ended (t1,
-            # a stop event, or the last step before the budget ran out).
-            saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=S_ts), diffrax.SubSaveAt(t1=True)]),
-            stepsize_controller=controller,
-            event=(diffrax.Event(lambda s, y, args, **kw: any_rule(s, y, args))
-                   if has_rules else None),
-            max_steps=cfg.method.max_steps, adjoint=adjoint, progress_meter=meter, throw=False)
+            y0=theta0, args=data, saveat=save_at(S_ts), stepsize_controller=controller,
+            event=stop_event, max_steps=cfg.method.max_steps, adjoint=adjoint,
+            progress_meter=meter, throw=False)
         ys_ts, ys_end = sol.ys
         s_end, y_end, result = sol.ts[1][0], ys_end[0], sol.result
         steps = (sol.stats["num_steps"], sol.stats["num_accepted_steps"],
@@ -179,8 +182,7 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
             diffrax.ODETerm(lambda s, y, a: (velocity(s, y[0], a), jnp.zeros_like(y[1]))),
             watched, t0=jnp.zeros_like(t1), t1=S1, dt0=None,
             y0=(theta0, jnp.zeros((2,), theta0.dtype)), args=data,
-            saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=S_ts), diffrax.SubSaveAt(t1=True)]),
-            stepsize_controller=ctrl, event=diffrax.Event(cond1),
+            saveat=save_at(S_ts), stepsize_controller=ctrl, event=diffrax.Event(cond1),
             max_steps=cfg.method.max_steps, adjoint=adjoint, progress_meter=meter, throw=False)
         s1 = sol1.ts[1][0]
         y1 = sol1.ys[1][0][0]
@@ -197,15 +199,9 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         if kind is not None:
             implicit = _with_scan_kind(implicit, kind)
         sol2 = diffrax.diffeqsolve(
-            diffrax.ODETerm(velocity), implicit, t0=s2_0, t1=S1,
-            dt0=None,
-            y0=y1, args=data,
-            saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=jnp.clip(S_ts, s2_0, S1)),
-                                        diffrax.SubSaveAt(t1=True)]),
-            stepsize_controller=controller,
-            event=(diffrax.Event(lambda s, y, args, **kw: any_rule(s, y, args))
-                   if has_rules else None),
-            max_steps=cfg.method.max_steps, adjoint=adjoint, throw=False)
+            diffrax.ODETerm(velocity), implicit, t0=s2_0, t1=S1, dt0=None, y0=y1, args=data,
+            saveat=save_at(jnp.clip(S_ts, s2_0, S1)), stepsize_controller=controller,
+            event=stop_event, max_steps=cfg.method.max_steps, adjoint=adjoint, throw=False)
         later = switch & (S_ts > s1)
         ys_ts = jnp.where(later[:, None], sol2.ys[0], sol1.ys[0][0])
         s_end = jnp.where(switch, sol2.ts[1][0], s1)
@@ -300,13 +296,6 @@ def _check_save_rule(num_saves, decades) -> None:
         raise ValueError(
             f"num_saves={num_saves!r} is not allowed; allowed: an integer >= 2.")
     _check.real(decades, "decades", lo=0.0)
-
-
-def _param_count(net) -> int:
-    """Parameters of one run of ``net`` (weights and biases)."""
-    lead = 1 if net.is_batched else 0
-    arrays = list(net.weights) + list(net.biases or ())
-    return int(sum(np.prod(a.shape[lead:]) for a in arrays))
 
 
 def _check_start(net) -> None:
@@ -483,7 +472,7 @@ def simulate(
     _check_save_rule(num_saves, decades)
     runs = net.runs or data.runs or 1
     if isinstance(method.solver, _stiff.Auto) and not method.solver.switches(
-            net.activation_fn.has_kink, _param_count(net)):
+            net.activation_fn.has_kink, net.num_params):
         # the plain field of a kinked activation jumps at every kink (the stiffness watch would
         # read the chatter there as stiffness, and Newton needs a smooth field); above
         # DENSE_LIMIT parameters the matrix-free Newton systems are not fast enough yet

@@ -17,8 +17,6 @@ allowed.
 
 from __future__ import annotations
 
-import math
-
 import equinox as eqx
 import jax
 import jax.flatten_util
@@ -43,13 +41,6 @@ def _flat_loss(net: MLP, data: Dataset, loss: str, reduction: str):
         return loss_value(loss, reduction, n(data.X), data.Y, data.mask)
 
     return f, theta
-
-
-def _num_params(net: MLP) -> int:
-    p = sum(math.prod(w.shape[-2:]) for w in net.weights)
-    if net.biases is not None:
-        p += sum(b.shape[-1] for b in net.biases)
-    return p
 
 
 def _lanczos_extremes(hvp, theta, k: int, iters: int, key):
@@ -125,7 +116,7 @@ def _check_arguments(net, data, loss, reduction, k, iters, key):
                            "runs, e.g. nets[mask]")
     LOSSES.check(loss, "loss")
     check_reduction(reduction)
-    p = _num_params(net)
+    p = net.num_params
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 1 <= k <= p:
         raise ValueError(f"k={_check._line(k)} is not allowed; allowed: an integer from 1 to {p} "
                          "(the number of parameters).")
@@ -274,7 +265,7 @@ def polish(
     check_reduction(reduction)
     _check.real(tol, "tol", lo=0.0, strict=True)
     max_steps = _check.integer(max_steps, "max_steps", lo=1)
-    dense = _num_params(net) <= DENSE_MAX_PARAMS
+    dense = net.num_params <= DENSE_MAX_PARAMS
     params, info = _polish(net, data, loss, reduction, float(tol), max_steps, dense)
     _, skeleton = eqx.partition(net, eqx.is_array)
     info = {k: np.asarray(v) for k, v in info.items()}

@@ -306,6 +306,12 @@ class MLP(eqx.Module):
     def is_batched(self) -> bool:
         return self.runs is not None
 
+    @property
+    def num_params(self) -> int:
+        """Parameters (weights and biases) of one run."""
+        p = sum(math.prod(w.shape[-2:]) for w in self.weights)
+        return p + sum(b.shape[-1] for b in (self.biases or ()))
+
     def __getitem__(self, index) -> MLP:
         """Select runs of a batch (``net[3]``, ``net[:8]``)."""
         if not self.is_batched:

@@ -62,8 +62,7 @@ class Setup:
         # under log time the loop's clock is s = log(1 + t) (the field times e^s = 1 + t)
         self.log_time = log_time
         self.ts, self.t1 = (jnp.log1p(ts), jnp.log1p(t1)) if log_time else (ts, t1)
-        self.stop_loss, self.stop_grad = stops[:2]
-        self.stop_plateau = stops[2] if len(stops) > 2 else None
+        self.stop_loss, self.stop_grad, self.stop_plateau = stops
         self.has_stop_plateau = has_stop_plateau
         self.solver = method.solver
         self.error_order = self.solver.error_order(diffrax.ODETerm(lambda t, y, a: y))
@@ -121,9 +120,10 @@ def start_lanes(setup: Setup, theta0, data) -> Lanes:
         h0, cstate = _control.initial_step(setup, term, theta, d)
         # a start whose loss or gradient is not finite (an overflowing init) is done at once:
         # it would reject every step at t = 0 until the budget ran out, holding the batch up
-        finite = jnp.isfinite(m.true_loss(theta, d)) & jnp.all(
+        loss0 = m.true_loss(theta, d)
+        finite = jnp.isfinite(loss0) & jnp.all(
             jnp.isfinite(_sliding.field(m, d, theta, on, held, 0)[0]))
-        return on, values, h0, cstate, finite, m.true_loss(theta, d)
+        return on, values, h0, cstate, finite, loss0
 
     on0, E, h0, cstate0, finite0, loss0 = jax.vmap(one)(theta0, data)
     E0, Eoff0 = _functions.rebase(E)
@@ -334,16 +334,15 @@ def _outcome(setup: Setup, new: Lanes, old: Lanes, active, ok, err, data) -> Lan
     nonfinite = active & ~jnp.isfinite(err) & (
         new.h < jnp.maximum(1e-13 * jnp.abs(old.t), jnp.finfo(old.t.dtype).tiny))
     status = jnp.where(nonfinite, int(Status.NONFINITE), status)
-    if setup.has_stop:
-        m = setup.model
+    m = setup.model
+    if setup.has_stop or setup.has_stop_plateau:  # the loss on the lanes' patterns, once
         lval = jax.vmap(lambda y, o, hl, d: m.loss(y, d, m.slopes(o, hl)))(
             new.y, new.on, new.held, data)
+    if setup.has_stop:
         hit_stop = active & ok & (lval < setup.stop_loss) & ~done
         status = jnp.where(hit_stop, int(Status.STOP_LOSS), status)
         done = done | hit_stop
     if setup.has_stop_grad or setup.has_stop_plateau:
-        m = setup.model
-
         def speed(slots):
             return jax.vmap(lambda y, o, hl, d: jnp.linalg.norm(
                 _sliding.field(m, d, y, o, hl, slots)[0]))(new.y, new.on, new.held, data)
@@ -357,10 +356,8 @@ def _outcome(setup: Setup, new: Lanes, old: Lanes, active, ok, err, data) -> Lan
     if setup.has_stop_plateau:
         # the loss's relative decrease per decade, ln10 t |v|^2 / L (as under method="plain"),
         # once the loss has come down 1% from the run's start
-        lv = jax.vmap(lambda y, o, hl, d: m.loss(y, d, m.slopes(o, hl)))(
-            new.y, new.on, new.held, data)
-        rate = math.log(10.0) * setup.wall(new.t) * v ** 2 / jnp.abs(lv)
-        hit_plat = active & ok & (lv < 0.99 * new.loss0) & (rate < setup.stop_plateau) & ~done
+        rate = math.log(10.0) * setup.wall(new.t) * v ** 2 / jnp.abs(lval)
+        hit_plat = active & ok & (lval < 0.99 * new.loss0) & (rate < setup.stop_plateau) & ~done
         status = jnp.where(hit_plat, int(Status.PLATEAU), status)
         done = done | hit_plat
     done = done | (active & (overflow | nonfinite))
@@ -376,8 +373,9 @@ def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reductio
                  progress: bool = False, has_stop_plateau: bool = False,
                  log_time: bool = False) -> RawResult:
     """Event-driven solve of a batch (leading run axis on net and data when ``batched``).
-    ``method``: a :class:`gfsim.methods.Events`; ``stops``: the (stop_loss, stop_grad)
-    thresholds; ``has_stop``, ``has_stop_grad``: whether each applies."""
+    ``method``: a :class:`gfsim.methods.Events`; ``stops``: the (stop_loss, stop_grad,
+    stop_plateau) thresholds; ``has_stop``, ``has_stop_grad``, ``has_stop_plateau``: whether each
+    applies; ``log_time``: the loop's clock is s = log(1 + t)."""
     setup = Setup(net, data, t1, ts, rtol, atol, stops, method, loss, reduction, has_stop,
                   batched, has_stop_grad, has_stop_plateau, log_time)
     R, L, S, p, P = setup.runs, setup.lanes, ts.shape[0], setup.params, setup.pairs

@@ -77,17 +77,18 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int):
     t_next = jnp.where(last < S, jnp.minimum(t_next, ts[jnp.minimum(last, S - 1)]), t_next)
     # Sliding steps keep Diffrax's step: unrolling the projected field (a backward pass per held
     # pair, per stage) measured no faster on the sliding case and compiled slower.
-    # under log time the clock is s = log(1 + t): the field times dt/ds = e^s
-    scale = (lambda s: jnp.exp(s)) if setup.log_time else (lambda s: 1.0)  # noqa: E731
+    def clocked(t_, f):  # under log time the clock is s = log(1 + t): f times dt/ds = e^s
+        return jnp.exp(t_) * f if setup.log_time else f
+
     if setup.unrolled and not slots:
         def fn(t_, y_):
             f, aux = _functions.field_and_values(model, data, y_, on, held)
-            return (scale(t_) * f if setup.log_time else f), aux
+            return clocked(t_, f), aux
 
         y1, yerr, dense, fsal1, E1 = erk_step(solver.tableau, fn, t, t_next, y, fsal, jump)
     else:
         term = diffrax.ODETerm(
-            lambda t_, y_, a: scale(t_) * _sliding.field(model, data, y_, on, held, slots)[0])
+            lambda t_, y_, a: clocked(t_, _sliding.field(model, data, y_, on, held, slots)[0]))
         y1, yerr, dense, fsal1, _ = solver.step(term, t, t_next, y, None, fsal, jump)
         # the event values at the step's end, under the same choice of projection
         E1 = _functions.values(model, data, y1, on, held, slots)
