@@ -1,6 +1,6 @@
 """Stiff endpoints and long horizons: explicit against implicit steps (issue 16).
 
-    python benchmarks/stiff.py [--profile quick|full] [--cases lsq exp wd]
+    python benchmarks/stiff.py [--profile quick|full] [--cases lsq relu slide exp wd]
         [--out benchmarks/results/stiff_quick.json]
 
 Cases (every one run to where the flow has done its work: a stiff endpoint or t1 = 1e20):
@@ -13,6 +13,13 @@ Cases (every one run to where the flow has done its work: a stiff endpoint or t1
   gfsim.stiff.DENSE_LIMIT, so ``"auto"`` stays explicit there: the case compares Tsit5 with
   itself until the matrix-free Newton systems are fast (its Tsit5 reference at rtol 1e-11 did
   not finish in 10 minutes on the 2-core CPU).
+- S-RELU: the event solver on a stiff tail: depth-2 ReLU nets 10 -> 16 -> 5 on 50 points in
+  the positive orthant with targets they cannot fit, first-layer weights positive, so every
+  unit stays active (no event; the flow is the linear net's and ends at the least-squares
+  map), t1 = 1e4, rtol 1e-8, method "events".
+- S-RELU-SLIDE (``--cases slide``, not in the default run): tests/test_stiff.py's plateau case
+  (a depth-3 ReLU net on 20 points no net can fit), t1 = 1e4: a tail that slides (pairs held
+  on their kinks), where "auto" stays explicit.
 - S-EXP: the exponential loss on separable data (12 points in 3-D, a linear classifier of
   width 4), t1 = 1e20: steps per decade, clock "linear" against "log".
 
@@ -103,6 +110,43 @@ def case_lsq(seeds, repeats):
     return out
 
 
+def case_relu(seeds, repeats):
+    kx, ky, k1, k2 = jax.random.split(jax.random.key(17), 4)
+    X = jnp.abs(jax.random.normal(kx, (50, 10))) + 0.5
+    Y = jax.random.normal(ky, (50, 5))
+    data = gfsim.Dataset(X, Y)
+    ws = [jnp.abs(jax.random.normal(k1, (seeds, 16, 10))) * 0.3 + 0.1,
+          0.3 * jax.random.normal(k2, (seeds, 5, 16))]
+    nets = gfsim.MLP.from_weights(ws, "relu")
+    W = np.linalg.lstsq(np.asarray(X), np.asarray(Y), rcond=None)[0].T
+    out = []
+    for solver in ("tsit5", "auto"):
+        tr, first, steady = timed(lambda s=solver: gfsim.simulate(
+            nets, data, 1e4, rtol=1e-8, solver=s, num_saves=8, max_steps=400_000), repeats)
+        err = rel(e2e(tr.final_weights), np.broadcast_to(W, (seeds,) + W.shape))
+        r = row("S-RELU", solver, tr, first, steady, err)
+        r["crossings_max"] = int(np.asarray(tr.num_crossings).max())
+        out.append(r)
+    return out
+
+
+def case_slide(repeats):
+    base = gfsim.data.teacher_student(jax.random.key(7), n=16, dim=3)
+    net = gfsim.MLP((3, 8, 8, 1), key=jax.random.key(8), scale=0.5)
+    data = gfsim.Dataset(jnp.concatenate([base.X, base.X[:4]]),
+                         jnp.concatenate([base.Y, -base.Y[:4]]))
+    out = []
+    for solver in ("tsit5", "auto"):
+        tr, first, steady = timed(lambda s=solver: gfsim.simulate(
+            net, data, 1e4, solver=s, num_saves=8, max_steps=400_000), repeats)
+        r = row("S-RELU-SLIDE", solver, tr, first, steady,
+                {"final_loss": float(tr.final_loss)})
+        r["crossings_max"] = int(np.asarray(tr.num_crossings).max())
+        r["held_at_end"] = int(sum(np.asarray(s)[-1].sum() for s in tr.sliding))
+        out.append(r)
+    return out
+
+
 def case_wd(seeds, repeats):
     prob = workloads.workload_d("quick")[0]
     nets = jax.tree_util.tree_map(lambda a: a[:seeds], prob.net)
@@ -156,11 +200,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     ap.add_argument("--out", default=None)
-    ap.add_argument("--cases", nargs="+", default=["lsq", "exp"],
-                    choices=["lsq", "exp", "wd"])
+    ap.add_argument("--cases", nargs="+", default=["lsq", "relu", "exp"],
+                    choices=["lsq", "relu", "slide", "exp", "wd"])
     args = ap.parse_args(argv)
     p = PROFILES[args.profile]
     cases = {"lsq": lambda: case_lsq(p["seeds"], p["repeats"]),
+             "relu": lambda: case_relu(p["seeds"], p["repeats"]),
+             "slide": lambda: case_slide(1),
              "exp": lambda: case_exp(p["repeats"]),
              "wd": lambda: case_wd(p["seeds"], p["repeats"])}
     rows = []

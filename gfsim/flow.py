@@ -57,6 +57,10 @@ class _Static:
     progress: bool = False
     has_stop_plateau: bool = False
     log_time: bool = False
+    # under solver=Auto and the plain method: "both" phases in one program (inside a trace),
+    # or the watched explicit phase alone ("explicit") and, for the runs that switched, the
+    # implicit phase from their switch ("implicit"), chosen on the host (see _finish_stiff)
+    stiff_phase: str = "both"
 
 
 _TRACES = [0]
@@ -84,7 +88,10 @@ def _with_scan_kind(solver, kind):
     return solver
 
 
-def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
+def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static, start=None):
+    """One run's solve. ``start``: under ``cfg.stiff_phase == "implicit"``, where the run's
+    explicit phase switched: ``{"theta": flat state, "t": clock time, "loss0": the loss at
+    the init}``. Returns the RawResult and, under ``"explicit"``, that dict for every run."""
     stop_loss, stop_grad, stop_plateau = stops
     params0, skeleton = eqx.partition(net, eqx.is_array)
     # The solve runs on one flat parameter vector: the same RMS error norm as on the pytree,
@@ -98,12 +105,13 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         return loss_of(unravel(theta), data)
 
     grad_fn = jax.grad(flat_loss)
-    loss0 = flat_loss(theta0, data)
+    loss0 = flat_loss(theta0, data) if start is None else start["loss0"]
     # A run whose loss or gradient is already non-finite at t = 0 (an init so large that the
     # loss overflows) would spend its whole step budget there, rejecting every step, and hold
     # a vmapped batch up: its field is zero instead, so it crosses to t1 in a few steps, and
     # ends as nonfinite at t_final = 0 below.
-    start_ok = jnp.isfinite(loss0) & jnp.all(jnp.isfinite(grad_fn(theta0, data)))
+    start_ok = (jnp.isfinite(loss0) & jnp.all(jnp.isfinite(grad_fn(theta0, data)))
+                if start is None else jnp.ones((), bool))
     # Log time (cfg.log_time): the solver's clock is s = log(1 + t), the field times dt/ds.
     clock = (lambda t: jnp.log1p(t)) if cfg.log_time else (lambda t: t)  # noqa: E731
     wall = (lambda s: jnp.expm1(s)) if cfg.log_time else (lambda s: s)  # noqa: E731
@@ -145,6 +153,18 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
     stop_event = (diffrax.Event(lambda s, y, args, **kw: any_rule(s, y, args))
                   if has_rules else None)
 
+    # Diffrax picks the stage loop's kind for its adjoint on the solver it is given (a
+    # custom_vjp loop cannot be jvp'd): the same for the solvers inside an Auto
+    kind = ("lax" if isinstance(adjoint, diffrax.ForwardMode) else "bounded"
+            if isinstance(adjoint, diffrax.RecursiveCheckpointAdjoint) else None)
+
+    def _implicit(y_switch):
+        implicit = solver.implicit(theta0.shape[0], controller.rtol, controller.atol,
+                                   controller.norm, scale=jnp.max(jnp.abs(y_switch)))
+        return implicit if kind is None else _with_scan_kind(implicit, kind)
+
+    resume = None
+
     def save_at(ts_):
         # two save streams: the requested times, and the state where the solve ended (t1, a
         # stop event, or the last step before the budget ran out)
@@ -161,14 +181,22 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         steps = (sol.stats["num_steps"], sol.stats["num_accepted_steps"],
                  sol.stats["num_rejected_steps"])
         s_stiff = None
+    elif cfg.stiff_phase == "implicit":
+        # the implicit phase alone, from where this run's explicit phase switched
+        switch = jnp.ones((), bool)
+        s_stiff = start["t"]
+        sol2 = diffrax.diffeqsolve(
+            diffrax.ODETerm(velocity), _implicit(start["theta"]), t0=s_stiff, t1=S1,
+            dt0=None, y0=start["theta"], args=data, saveat=save_at(jnp.clip(S_ts, s_stiff, S1)),
+            stepsize_controller=controller, event=stop_event, max_steps=cfg.method.max_steps,
+            adjoint=adjoint, progress_meter=meter, throw=False)
+        ys_ts, s_end, y_end, result = sol2.ys[0], sol2.ts[1][0], sol2.ys[1][0], sol2.result
+        steps = (sol2.stats["num_steps"], sol2.stats["num_accepted_steps"],
+                 sol2.stats["num_rejected_steps"])
     else:
         # Phase 1: the explicit solver, watched; it ends at t1, at a stop rule, out of steps,
         # or when its steps have been stability-limited for `patience` steps.
         watched = solver.watched()
-        # Diffrax picks the stage loop's kind for its adjoint on the solver it is given (a
-        # custom_vjp loop cannot be jvp'd): the same for the solvers inside the watched one
-        kind = ("lax" if isinstance(adjoint, diffrax.ForwardMode) else "bounded"
-                if isinstance(adjoint, diffrax.RecursiveCheckpointAdjoint) else None)
         if kind is not None:
             watched = eqx.tree_at(lambda w: w.inner, watched,
                                   _with_scan_kind(watched.inner, kind))
@@ -192,14 +220,18 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         # the stiffness count may reach its patience on the step that lands on t1: no stop
         result1 = diffrax.RESULTS.where(event1 & ~stop1 & ~switch, diffrax.RESULTS.successful,
                                         sol1.result)
+        s_stiff = jnp.where(switch, s1, 0.0)
+        if cfg.stiff_phase == "explicit":
+            # the host runs the implicit phase for the runs that switched (_finish_stiff)
+            resume = {"theta": y1, "t": s1, "loss0": loss0}
+            ys_ts, s_end, y_end, result = sol1.ys[0][0], s1, y1, result1
+            steps = (sol1.stats["num_steps"], sol1.stats["num_accepted_steps"],
+                     sol1.stats["num_rejected_steps"])
+    if auto and cfg.stiff_phase == "both":
         # Phase 2: the implicit solver from there to t1 (no steps for a run that did not switch).
         s2_0 = jnp.where(switch, s1, S1)
-        implicit = solver.implicit(theta0.shape[0], controller.rtol, controller.atol,
-                                   controller.norm, scale=jnp.max(jnp.abs(y1)))
-        if kind is not None:
-            implicit = _with_scan_kind(implicit, kind)
         sol2 = diffrax.diffeqsolve(
-            diffrax.ODETerm(velocity), implicit, t0=s2_0, t1=S1, dt0=None, y0=y1, args=data,
+            diffrax.ODETerm(velocity), _implicit(y1), t0=s2_0, t1=S1, dt0=None, y0=y1, args=data,
             saveat=save_at(jnp.clip(S_ts, s2_0, S1)), stepsize_controller=controller,
             event=stop_event, max_steps=cfg.method.max_steps, adjoint=adjoint, throw=False)
         later = switch & (S_ts > s1)
@@ -209,7 +241,6 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
         result = diffrax.RESULTS.where(switch, sol2.result, result1)
         steps = tuple(sol1.stats[k] + jnp.where(switch, sol2.stats[k], 0) for k in (
             "num_steps", "num_accepted_steps", "num_rejected_steps"))
-        s_stiff = jnp.where(switch, s1, 0.0)
 
     # (a run that reached t1 ends at t1 exactly, not at expm1(log1p(t1)))
     t_final = jnp.where(start_ok, jnp.where(s_end >= S1, t1, wall(s_end)), 0.0)
@@ -225,7 +256,7 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
     finite = jnp.isfinite(final_loss) & jnp.all(jnp.isfinite(grad_fn(y_end, data)))
     saved_net = eqx.combine(saved, skeleton)
     which = rules(s_end, y_end, data) if has_rules else None
-    return RawResult(
+    return resume, RawResult(
         loss=losses,
         weights=saved_net.weights,
         biases=saved_net.biases,
@@ -243,19 +274,28 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
 
 
 @eqx.filter_jit
-def _run(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
+def _run(net, data, t1, ts, rtol, atol, stops, cfg: _Static, start=None):
     _TRACES[0] += 1
     if ts is None:
         ts = log_times(t1, cfg.num_saves, cfg.decades)
     if isinstance(cfg.method, Events):
-        return ts, _run_events(net, data, t1, ts, rtol, atol, stops, cfg).as_dict()
-    fn = lambda n, d: _solve_one(n, d, t1, ts, rtol, atol, stops, cfg)  # noqa: E731
+        raw, resume = _run_events(net, data, t1, ts, rtol, atol, stops, cfg, start)
+        out = raw.as_dict()
+        if resume is not None:
+            out["_resume"] = resume
+        return ts, out
+    fn = lambda n, d, st: _solve_one(n, d, t1, ts, rtol, atol, stops, cfg, st)  # noqa: E731
     if cfg.net_batched or cfg.data_batched:
-        fn = jax.vmap(fn, in_axes=(0 if cfg.net_batched else None, 0 if cfg.data_batched else None))
-    return ts, fn(net, data).as_dict()
+        fn = jax.vmap(fn, in_axes=(0 if cfg.net_batched else None,
+                                   0 if cfg.data_batched else None, 0))
+    resume, raw = fn(net, data, start)
+    out = raw.as_dict()
+    if resume is not None:
+        out["_resume"] = resume
+    return ts, out
 
 
-def _run_events(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
+def _run_events(net, data, t1, ts, rtol, atol, stops, cfg: _Static, start=None):
     from .events import solve_events
 
     batched = cfg.net_batched or cfg.data_batched
@@ -273,7 +313,7 @@ def _run_events(net, data, t1, ts, rtol, atol, stops, cfg: _Static):
                         reduction=cfg.reduction, has_stop=cfg.has_stop,
                         has_stop_grad=cfg.has_stop_grad, batched=batched,
                         progress=cfg.progress, has_stop_plateau=cfg.has_stop_plateau,
-                        log_time=cfg.log_time)
+                        log_time=cfg.log_time, stiff_phase=cfg.stiff_phase, resume=start)
 
 
 def check_scalar(x, field: str, *, positive: bool):
@@ -391,8 +431,9 @@ def simulate(
     - ``solver``: ``"auto"`` (default: Tsit5 steps; under ``method="plain"`` a run whose
       steps become stability-limited, as in the stiff tail near a minimum, switches to an
       implicit Kvaerno5 with Newton iterations on Hessian-vector products and
-      ``Trajectory.t_stiff`` says when, :mod:`gfsim.stiff`; under ``"events"`` Tsit5
-      throughout), ``"tsit5"``, ``"dopri5"``, ``"dopri8"``, ``"kvaerno5"``, ``"bosh3"``,
+      ``Trajectory.t_stiff`` says when, :mod:`gfsim.stiff`; under ``"events"`` a run that
+      holds no pair on a kink steps implicitly on its frozen pattern until its next event,
+      outside a trace), ``"tsit5"``, ``"dopri5"``, ``"dopri8"``, ``"kvaerno5"``, ``"bosh3"``,
       ``"heun"``, a :class:`gfsim.stiff.Auto` or a Diffrax solver instance.
     - ``rtol``, ``atol``: PID step-size control tolerances; ``atol`` defaults to ``rtol * 1e-3``.
     - ``stop_loss``: stop a run as soon as its loss falls below this value (per run).
@@ -419,7 +460,8 @@ def simulate(
       that exhausts it ends with status ``max_steps``.
     - ``method``: ``"auto"`` (default: ``"events"`` for nets whose activation has a kink, such
       as ReLU and leaky ReLU, ``"plain"`` otherwise), ``"events"`` (the exact piecewise-smooth
-      flow through kinks and sliding modes, :mod:`gfsim.events`; explicit solvers only) or
+      flow through kinks and sliding modes, :mod:`gfsim.events`; explicit solvers or
+      ``"auto"``) or
       ``"plain"`` (Diffrax's ``diffeqsolve`` on the discontinuous field: it may stall where the
       flow slides); or a method object, :class:`gfsim.methods.Events` or
       :class:`gfsim.methods.Plain`, which carries its own solver, budget and adjoint (giving
@@ -472,7 +514,7 @@ def simulate(
     _check_save_rule(num_saves, decades)
     runs = net.runs or data.runs or 1
     if isinstance(method.solver, _stiff.Auto) and not method.solver.switches(
-            net.activation_fn.has_kink, net.num_params):
+            net.activation_fn.has_kink, net.num_params, events=isinstance(method, Events)):
         # the plain field of a kinked activation jumps at every kink (the stiffness watch would
         # read the chatter there as stiffness, and Newton needs a smooth field); above
         # DENSE_LIMIT parameters the matrix-free Newton systems are not fast enough yet
@@ -517,11 +559,33 @@ def simulate(
         has_stop_plateau=stop_plateau is not None,
         log_time=log_time,
     )
-    def call(net, data, cfg):
+    stops = (stop, stop_g, stop_p)
+
+    def solve(net, data, cfg, start=None):
         # a stored export of this solve's traced program, when one applies (gfsim._exported)
-        args = (net, data, t1, ts, rtol, atol, (stop, stop_g, stop_p))
+        args = (net, data, t1, ts, rtol, atol, stops)
+        if start is not None:
+            return _run(*args, cfg, start)
         res = _exported.cached_call(_run, args, cfg)
-        ts_, raw = res if res is not None else _run(*args, cfg)
+        return res if res is not None else _run(*args, cfg)
+
+    if isinstance(method.solver, _stiff.Auto):
+        if not any(isinstance(x, jax.core.Tracer)
+                   for x in jax.tree_util.tree_leaves((net, data, t1, ts, rtol, atol, stops))):
+            # outside a trace, the implicit phase is compiled and run only for the runs that
+            # switched (most calls never do): see _finish_stiff
+            cfg = dataclasses.replace(cfg, stiff_phase="explicit")
+        elif isinstance(method, Events):
+            # inside one, the event solver steps explicitly throughout (its implicit phase is
+            # a continuation the host starts)
+            cfg = dataclasses.replace(cfg, method=dataclasses.replace(
+                method, solver=method.solver.explicit))
+
+    def call(net, data, cfg):
+        ts_, raw = solve(net, data, cfg)
+        if "_resume" in raw:
+            raw = dict(raw)
+            raw = _finish_stiff(raw, raw.pop("_resume"), ts_, net, data, cfg, solve)
         events = isinstance(cfg.method, Events)
         runs_ = net.runs or data.runs or 1
         traj = RawResult(**raw).trajectory(
@@ -557,6 +621,53 @@ def _log_clock(clock, loss, t1) -> bool:
     if loss not in ("exponential", "logistic") or isinstance(t1, jax.core.Tracer):
         return False
     return float(np.asarray(t1)) > LOG_CLOCK_AFTER
+
+
+def _finish_stiff(raw, resume, ts, net, data, cfg, solve):
+    """The implicit phase of the runs whose watched explicit phase switched (``t_stiff``
+    finite), from their switch to their end, merged into ``raw`` (the explicit phase's
+    result): the same arithmetic as the one-program solve inside a trace, but a call whose runs
+    never switch neither compiles nor runs the implicit phase."""
+    batched = cfg.net_batched or cfg.data_batched
+    switched = np.atleast_1d(np.isfinite(np.asarray(raw["t_stiff"])))
+    rows = np.flatnonzero(switched)
+    if rows.size == 0:
+        return raw
+    lead = (lambda a: a) if batched else (lambda a: a[None])  # noqa: E731
+    pick = lambda tree: jax.tree_util.tree_map(lambda a: lead(a)[rows], tree)  # noqa: E731
+    sub_net = pick(net) if cfg.net_batched else net
+    sub_data = pick(data) if cfg.data_batched else data
+    start = pick(resume) if batched else resume
+    later_cfg = dataclasses.replace(cfg, stiff_phase="implicit")
+    if isinstance(cfg.method, Events):  # (no refill: each lane starts from its own hand-over)
+        later_cfg = dataclasses.replace(later_cfg, method=dataclasses.replace(
+            cfg.method, lanes=None))
+    _, sub = solve(sub_net, sub_data, later_cfg, start)
+    loops = sub.pop("loop_steps", None)
+    sub = {k: v for k, v in sub.items() if k != "_resume"}
+    if not batched:
+        sub = jax.tree_util.tree_map(lambda a: a[None], sub)
+    clock = jnp.log1p(jnp.asarray(ts)) if cfg.log_time else jnp.asarray(ts)
+    later = clock[None, :] > jnp.asarray(pick(resume["t"]))[:, None]  # (rows, T)
+
+    def merge(field, old, new):
+        if field == "loop_steps":  # the loop's iterations, batch-wide: both phases'
+            return old + loops
+        old = lead(old)
+        if field in ("loss", "weights", "biases", "sliding"):  # (runs, T, ...): after the switch
+            keep = old[rows]
+            wide = later.reshape(later.shape + (1,) * (new.ndim - 2))
+            new = jnp.where(wide, new, keep)
+        elif field in ("num_steps", "num_accepted", "num_rejected", "num_crossings",
+                       "num_slides"):
+            new = old[rows] + new
+        elif field == "t_stiff":
+            new = old[rows]
+        out = old.at[rows].set(new)
+        return out if batched else out[0]
+
+    return {f: (v if v is None else jax.tree_util.tree_map(
+        lambda o, n, f=f: merge(f, o, n), v, sub.get(f, v))) for f, v in raw.items()}
 
 
 def _rerun_for_room(traj, net, data, cfg, call):

@@ -123,8 +123,10 @@ class Events(AbstractMethod):
 
     **Arguments:**
 
-    - ``solver``: an explicit Runge-Kutta solver (default ``"tsit5"``; ``"auto"`` is taken as
-      its explicit solver: stiff stepping between events is not built yet).
+    - ``solver``: ``"auto"`` (default; a :class:`gfsim.stiff.Auto`: Tsit5 steps, and where a
+      run that holds no pair on its kinks has steps that are stability-limited, implicit
+      Kvaerno5 steps on its frozen pattern until its next event; see :mod:`gfsim.stiff`) or
+      an explicit Runge-Kutta solver (``"tsit5"``, ``"dopri5"``, ...).
     - ``max_steps``: the step budget per run (default 100,000).
     - ``max_sliding``: how many (unit, point) pairs BELOW THE FIRST HIDDEN LAYER may slide at
       once (their projection costs a backward pass each). ``None`` (the default): start with
@@ -143,10 +145,9 @@ class Events(AbstractMethod):
     max_sliding: int | None = eqx.field(static=True)
     lanes: int | None = eqx.field(static=True)
 
-    def __init__(self, solver="tsit5", max_steps: int = 100_000, max_sliding: int | None = None,
+    def __init__(self, solver="auto", max_steps: int = 100_000, max_sliding: int | None = None,
                  lanes: int | None = None, controller=None, adjoint="reverse"):
-        solver = resolve_solver(solver)
-        self.solver = solver.explicit if isinstance(solver, Auto) else solver
+        self.solver = resolve_solver(solver)
         self.controller = _check_controller(controller)
         self.adjoint = resolve_adjoint(adjoint)
         self.max_steps = _positive_int(max_steps, "max_steps")
@@ -159,7 +160,8 @@ class Events(AbstractMethod):
             raise ValueError(
                 f"adjoint={type(self.adjoint).__name__} cannot be used with method='events'; "
                 "allowed: 'reverse' (RecursiveCheckpointAdjoint) or 'forward' (ForwardMode).")
-        if not isinstance(self.solver, diffrax.AbstractERK):
+        explicit = self.solver.explicit if isinstance(self.solver, Auto) else self.solver
+        if not isinstance(explicit, diffrax.AbstractERK):
             raise ValueError(
                 f"solver={type(self.solver).__name__} cannot be used with method='events'; "
                 "allowed: explicit Runge-Kutta solvers (tsit5, dopri5, dopri8, bosh3) or "

@@ -23,6 +23,14 @@ Hessian-vector product per parameter) up to :data:`DENSE_LIMIT` parameters. Matr
 on ``I + gamma h H`` once ``h lambda_max`` is large (the S-LSQ benchmark, 240 parameters:
 dense 1.2 s, GMRES over 10 minutes), so above DENSE_LIMIT parameters ``"auto"`` stays
 explicit (:meth:`Auto.switches`).
+
+Under the event solver (``method="events"``) the same watch reads the unrolled Tsit5 steps of
+each lane (:func:`h_rho`, :func:`count_stiff`); a lane that holds no pair on a kink and has been
+stiff for ``patience`` steps takes Kvaerno5 steps on its frozen pattern's field (smooth between
+events) until an implicit step's end shows an event: that step is taken back and the lane goes
+on explicitly, so events are located on explicit steps only. Outside a trace both the plain
+and the event solver run the implicit phase as a second program, for the runs that switched
+only (``gfsim.flow._finish_stiff``): a call whose runs never switch does not compile it.
 """
 
 from __future__ import annotations
@@ -110,12 +118,13 @@ class Auto(eqx.Module):
                              f"{', '.join(map(repr, LINEAR_SOLVERS))}.")
         self.linear_solver = linear_solver
 
-    def switches(self, kinked: bool, params: int) -> bool:
-        """Whether runs of a net may switch under ``method="plain"``: not for a kinked
-        activation (its plain field jumps at the kinks), and with ``linear_solver="auto"`` not
-        above :data:`DENSE_LIMIT` parameters (GMRES without a preconditioner took minutes where
+    def switches(self, kinked: bool, params: int, events: bool = False) -> bool:
+        """Whether runs of a net may switch: under ``method="plain"`` not for a kinked
+        activation (its plain field jumps at the kinks; under ``"events"`` the field between
+        events is smooth, the frozen pattern's), and with ``linear_solver="auto"`` not above
+        :data:`DENSE_LIMIT` parameters (GMRES without a preconditioner took minutes where
         dense LU took a second: opt in with ``linear_solver="gmres"``)."""
-        if kinked:
+        if kinked and not events:
             return False
         return self.linear_solver != "auto" or params <= DENSE_LIMIT
 
@@ -193,22 +202,34 @@ class _Watched(diffrax.AbstractAdaptiveSolver):
         th0, aux0 = y0
         th1, err, dense, state, result = self.inner.step(
             self._inner_term(terms, aux0), t0, t1, th0, args, solver_state, made_jump)
-        tab = self.inner.tableau
-        k = dense["k"]
-        a6 = np.zeros(len(tab.a_lower[-1]))
-        a6[: len(tab.a_lower[-2])] = tab.a_lower[-2]
-        coef = jnp.asarray(np.asarray(tab.a_lower[-1]) - a6, th0.dtype)
-        dy = jnp.tensordot(coef, k[: coef.shape[0]], axes=1)  # y_s - y_{s-1}
-        num = jnp.linalg.norm(k[-1] - k[-2])
-        den = jnp.linalg.norm(dy)
-        hrho = jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
-        stiff = hrho > self.limit
-        count, calm = aux0[0], aux0[1]
-        calm = jnp.where(stiff, 0.0, calm + 1.0)
-        count = jnp.where(stiff, count + 1.0, jnp.where(calm >= 6.0, 0.0, count))
-        aux1 = jnp.stack([count, calm]).astype(aux0.dtype)
+        aux1 = count_stiff(aux0, h_rho(self.inner.tableau, dense["k"]) > self.limit)
         return ((th1, aux1), (err, jnp.zeros_like(aux1)),
                 dict(inner=dense, aux=aux1), state, result)
+
+
+def h_rho(tableau, k):
+    """``h rho = ||k_s - k_{s-1}|| / ||y_s - y_{s-1}||`` of one explicit step from its stages
+    ``k`` (``k_i = h f_i``, Diffrax's dense layout): the step's ``h |lambda|`` along its stiffest
+    direction (the last two stages sit at the step's end; 0 for a step that did not move)."""
+    a6 = np.zeros(len(tableau.a_lower[-1]))
+    a6[: len(tableau.a_lower[-2])] = tableau.a_lower[-2]
+    coef = jnp.asarray(np.asarray(tableau.a_lower[-1]) - a6, k.dtype)
+    dy = jnp.tensordot(coef, k[: coef.shape[0]], axes=1)  # y_s - y_{s-1}
+    num = jnp.linalg.norm(k[-1] - k[-2])
+    den = jnp.linalg.norm(dy)
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+CALM_RESET = 6  # calm accepted steps in a row that start the stiffness count again
+
+
+def count_stiff(counts, stiff):
+    """The watch's counters ``[stiff steps, calm steps since the last stiff one]`` after an
+    accepted step (``stiff``: whether its h rho was over the limit)."""
+    count, calm = counts[..., 0], counts[..., 1]
+    calm = jnp.where(stiff, 0.0, calm + 1.0)
+    count = jnp.where(stiff, count + 1.0, jnp.where(calm >= CALM_RESET, 0.0, count))
+    return jnp.stack([count, calm], axis=-1).astype(counts.dtype)
 
 
 def _make_interpolation(inner_cls):

@@ -290,3 +290,90 @@ def test_bad_stiff_and_clock_arguments_fail_before_tracing(kw, field):
 def test_auto_arguments(kw, field):
     with pytest.raises(ValueError, match=field):
         Auto(**kw)
+
+
+def test_the_host_side_switch_is_the_one_program_solve(unfittable):
+    # outside a trace the implicit phase runs on the host's say, for the runs that switched
+    # only (gfsim.flow._finish_stiff); inside one (a user's jit) both phases are one program:
+    # the same runs, the same steps, the same numbers
+    traced = jax.jit(lambda n: gfsim.simulate(n, DATA, 1e4, rtol=1e-8))(NETS)
+    for f in ("num_steps", "num_rejected", "status"):
+        np.testing.assert_array_equal(np.asarray(getattr(unfittable, f)),
+                                      np.asarray(getattr(traced, f)))
+    for f in ("loss", "final_loss", "t_final", "t_stiff"):
+        np.testing.assert_allclose(np.asarray(getattr(unfittable, f)),
+                                   np.asarray(getattr(traced, f)), rtol=1e-12)
+    for a, b in zip(unfittable.weights + unfittable.final_weights,
+                    traced.weights + traced.final_weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
+
+
+# -- stiff steps between events (the event solver) ---------------------------------------------
+
+# A ReLU net whose units stay active on every point (inputs in the positive orthant, positive
+# first-layer weights): no event, and its flow is the linear net's from the same weights, so it
+# ends at the least-squares map of its targets (unfittable: 12 points, 3 inputs), in a stiff tail.
+_K = jax.random.split(jax.random.key(3), 4)
+POS = gfsim.Dataset(jnp.abs(jax.random.normal(_K[0], (12, 3))) + 0.5,
+                    jax.random.normal(_K[1], (12, 2)))
+POS_W = [jnp.abs(jax.random.normal(_K[2], (4, 3))) * 0.5 + 0.3,
+         0.3 * jax.random.normal(_K[3], (2, 4))]
+POS_LSTSQ = np.linalg.lstsq(np.asarray(POS.X), np.asarray(POS.Y), rcond=None)[0].T
+
+
+@pytest.fixture(scope="module")
+def relu_tail():
+    return gfsim.simulate(gfsim.MLP.from_weights(POS_W, "relu"), POS, 1e4, num_saves=8,
+                          rtol=1e-8)
+
+
+def test_events_stiff_tail_steps_implicitly_and_ends_at_least_squares(relu_tail):
+    tr = relu_tail
+    assert tr.method == "gf:auto(tsit5>kvaerno5)+events"
+    assert tr.status_labels() == "reached_t1" and int(tr.num_crossings) == 0
+    assert 0 < float(tr.t_stiff) < 1e4
+    # Tsit5 throughout takes 110,374 steps here (measured; too slow for the suite)
+    assert int(tr.num_steps) <= 1000, int(tr.num_steps)
+    e2e_ = np.asarray(tr.final_weights[1] @ tr.final_weights[0])
+    assert np.abs(e2e_ - POS_LSTSQ).max() < 1e-8 * np.abs(POS_LSTSQ).max()
+    # the linear net from the same weights, under the plain method: the same flow, at every
+    # save time (both phases)
+    lin = gfsim.simulate(gfsim.MLP.from_weights(POS_W, "linear"), POS, 1e4, num_saves=8,
+                         rtol=1e-8)
+    assert np.isfinite(float(lin.t_stiff))
+    np.testing.assert_allclose(np.asarray(tr.loss), np.asarray(lin.loss), rtol=1e-7)
+    for a, b in zip(tr.weights, lin.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_events_stiff_batch_and_refilled_lanes_are_each_run_alone(relu_tail):
+    # run 0 turns stiff; run 1 (weights x 0.1, on the same data) too, later; with one lane
+    # the runs go through it one after the other and are handed over from the refill record
+    ws = [jnp.stack([w, 0.1 * w]) for w in POS_W]
+    nets = gfsim.MLP.from_weights(ws, "relu")
+    both = gfsim.simulate(nets, POS, 1e4, num_saves=8, rtol=1e-8)
+    one_lane = gfsim.simulate(nets, POS, 1e4, num_saves=8, rtol=1e-8, lanes=1)
+    # (a batched Newton solve rounds differently from a single one: a step or two may move)
+    assert abs(int(both.num_steps[0]) - int(relu_tail.num_steps)) <= 2
+    np.testing.assert_allclose(np.asarray(both.loss[0]), np.asarray(relu_tail.loss), rtol=1e-9)
+    np.testing.assert_array_equal(both.status_labels(), one_lane.status_labels())
+    assert np.abs(np.asarray(both.num_steps) - np.asarray(one_lane.num_steps)).max() <= 2
+    np.testing.assert_allclose(np.asarray(both.loss), np.asarray(one_lane.loss), rtol=1e-9)
+    # (the switch is a discrete choice: where h rho hovers at the stability boundary, a
+    # rounding may move it by a step)
+    np.testing.assert_allclose(np.asarray(both.t_stiff), np.asarray(one_lane.t_stiff),
+                               rtol=1e-2)
+    assert np.all(np.isfinite(np.asarray(both.t_stiff)))
+    assert float(both.t_stiff[1]) > float(both.t_stiff[0])
+
+
+def test_events_inside_a_trace_step_explicitly():
+    # the implicit phase is a continuation the host starts: under jit, Tsit5 throughout (the
+    # same flow to the tolerance; t1 = 200 is past the switch at t ~ 41)
+    relu = gfsim.MLP.from_weights(POS_W, "relu")
+    host = gfsim.simulate(relu, POS, 200.0, num_saves=4, rtol=1e-8)
+    traced = jax.jit(lambda n: gfsim.simulate(n, POS, 200.0, num_saves=4, rtol=1e-8))(relu)
+    assert np.isfinite(float(host.t_stiff)) and traced.t_stiff is None
+    assert traced.method == "gf:tsit5+events"
+    assert int(traced.num_steps) > int(host.num_steps)
+    np.testing.assert_allclose(np.asarray(host.loss), np.asarray(traced.loss), rtol=1e-6)

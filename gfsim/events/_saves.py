@@ -18,14 +18,16 @@ def interpolate(solver, t0, t1, dense, tq):
     return solver.interpolation_cls(t0=t0, t1=t1, **dense).evaluate(tq)
 
 
-def record(setup, lanes, t_next, t_end, dense, y_new, has_event, ok, saves, saved_held, rows):
+def record(setup, lanes, t_next, t_end, dense, y_new, has_event, ok, saves, saved_held, rows,
+           implicit=None):
     """Write the save slots due in (t, t_end] of each lane's accepted step.
 
     ``t_next``: where the trial step ended (its dense output spans [t, t_next]); ``t_end``:
     where it was cut (the event) or ``t_next``; ``y_new``: the state after the event's changes
     (an exact hit on t_end saves it: the state after an event belongs to the new pattern);
     ``rows``: the run each lane holds (out of range: dropped). Returns the saves, the saved held
-    sets and the new save indices."""
+    sets and the new save indices. ``implicit``: the lanes whose step was the implicit
+    solver's (its own dense output), or None (none was)."""
     ts, solver = setup.ts, setup.solver
     S = ts.shape[0]
     M = SAVE_SLOTS
@@ -38,11 +40,16 @@ def record(setup, lanes, t_next, t_end, dense, y_new, has_event, ok, saves, save
 
     def values(k):
         # the first k slots (a run's due slots are the first ones from save_index on)
-        v = jax.vmap(
-            lambda t0_, t1_, dn, q: jax.vmap(lambda x: interpolate(solver, t0_, t1_, dn, x))(
-                jnp.clip(q, t0_, t1_)
-            )
-        )(lanes.t, t_next, dense, tq[:, :k])
+        def on(sol):
+            return jax.vmap(
+                lambda t0_, t1_, dn, q: jax.vmap(lambda x: interpolate(sol, t0_, t1_, dn, x))(
+                    jnp.clip(q, t0_, t1_)
+                )
+            )(lanes.t, t_next, dense, tq[:, :k])
+
+        v = on(solver)
+        if implicit is not None:
+            v = jnp.where(implicit[:, None, None], on(setup.auto_implicit_dense), v)
         return v if k == M else jnp.concatenate([v, jnp.zeros((L, M - k, p), v.dtype)], 1)
 
     # Most iterations have at most one save due per run: interpolate one slot then, not M

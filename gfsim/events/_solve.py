@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from .. import methods
 from .._result import RawResult, final_status
+from ..stiff import Auto, count_stiff, stability_boundary
 from ..trajectory import Status
 from . import _control, _decide, _functions, _locate, _refill, _saves, _sliding, _step
 from ._model import FrozenPattern, flatten
@@ -47,7 +48,7 @@ class Setup:
 
     def __init__(self, net, data, t1, ts, rtol, atol, stops, method, loss, reduction,
                  has_stop, batched, has_stop_grad=False, has_stop_plateau=False,
-                 log_time=False):
+                 log_time=False, stiff_phase="off"):
         single = net if not batched else jax.tree_util.tree_map(lambda a: a[0], net)
         self.model = FrozenPattern(single, loss, reduction)
         if batched:
@@ -64,11 +65,23 @@ class Setup:
         self.ts, self.t1 = (jnp.log1p(ts), jnp.log1p(t1)) if log_time else (ts, t1)
         self.stop_loss, self.stop_grad, self.stop_plateau = stops
         self.has_stop_plateau = has_stop_plateau
-        self.solver = method.solver
+        # solver="auto" (gfsim.stiff.Auto): its explicit solver steps, watched; under
+        # stiff_phase="explicit" a run whose steps are stability-limited (and that holds no
+        # pairs) ends the loop to be continued by the host with stiff_phase="implicit", where
+        # such runs step implicitly until their next event (see flow._finish_stiff)
+        self.auto = method.solver if isinstance(method.solver, Auto) else None
+        self.solver = self.auto.explicit if self.auto is not None else method.solver
+        self.stiff_phase = stiff_phase if self.auto is not None else "off"
         self.error_order = self.solver.error_order(diffrax.ODETerm(lambda t, y, a: y))
         self.controller = _control.controller(method, rtol, atol)
         self.rtol, self.atol = self.controller.rtol, self.controller.atol
         self.unrolled = _step.unrolled(self.solver)
+        self.watch = self.stiff_phase != "off" and self.unrolled
+        self.implicit_steps = self.watch and self.stiff_phase == "implicit"
+        if self.watch:
+            self.stiff_limit = self.auto.threshold * stability_boundary(self.solver.tableau)
+            # (only its dense output is used: the implicit steps' interpolation for saves)
+            self.auto_implicit_dense = diffrax.Kvaerno5()
         # dense rows for held pairs below the first hidden layer (see _sliding)
         self.slots = method.max_sliding or methods.SLIDING_START
         self.max_steps = method.max_steps
@@ -79,6 +92,7 @@ class Setup:
             # the stages' loop (Diffrax's own step, on sliding steps) must support jvp too
             self.solver = eqx.tree_at(lambda s: s.scan_kind, self.solver, "lax",
                                       is_leaf=lambda x: x is None)
+        self.implicit_scan_kind = "lax" if self.adjoint == "forward" else "bounded"
         self.lanes = self.runs if method.lanes is None else min(int(method.lanes), self.runs)
         self.refill = self.lanes < self.runs
 
@@ -99,7 +113,11 @@ class Setup:
             theta, on, held, data)
 
 
-def start_lanes(setup: Setup, theta0, data) -> Lanes:
+# the status of a run that the explicit phase hands to the implicit one (never returned)
+HANDED_OVER = -1
+
+
+def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
     """The starting state of a batch of lanes: each pair on the side its pre-activation is on,
     none held, the event values and the first step size.
 
@@ -107,36 +125,52 @@ def start_lanes(setup: Setup, theta0, data) -> Lanes:
     the slack alone, so if the flow pushes it onto its positive side, the first step finds the
     root at its very start and the pair crosses or slides like any other; if the flow pushes it
     further off, nothing happens. No decision (and no projection) is needed before the loop, so
-    the loop's own event handling is the only one compiled."""
+    the loop's own event handling is the only one compiled.
+
+    ``resume``: lanes that go on from where the explicit phase handed them over (their clock
+    time ``t``, pattern ``on`` and start loss ``loss0``, no pair held), stepping implicitly."""
     m = setup.model
     B, P = theta0.shape[0], setup.pairs
+    if resume is not None:
+        theta0 = resume["y"]
 
-    def one(theta, d):
+    # (a resumed lane may hold pairs: its values and field with the projection)
+    slots = 0 if resume is None else setup.slots
+
+    def one(theta, d, on=None, held=None):
         net = eqx.combine(m.unravel(theta), m.skeleton)
-        on = jnp.concatenate(net.preactivations(d.X)[:-1], axis=-1).reshape(-1) > 0
-        held = jnp.zeros(P, bool)
-        values = _functions.values(m, d, theta, on, held, 0)
-        term = diffrax.ODETerm(lambda t, y, a: _sliding.field(m, d, y, on, held, 0)[0])
+        if on is None:
+            on = jnp.concatenate(net.preactivations(d.X)[:-1], axis=-1).reshape(-1) > 0
+            held = jnp.zeros(P, bool)
+        values = _functions.values(m, d, theta, on, held, slots)
+        term = diffrax.ODETerm(lambda t, y, a: _sliding.field(m, d, y, on, held, slots)[0])
         h0, cstate = _control.initial_step(setup, term, theta, d)
         # a start whose loss or gradient is not finite (an overflowing init) is done at once:
         # it would reject every step at t = 0 until the budget ran out, holding the batch up
         loss0 = m.true_loss(theta, d)
         finite = jnp.isfinite(loss0) & jnp.all(
-            jnp.isfinite(_sliding.field(m, d, theta, on, held, 0)[0]))
+            jnp.isfinite(_sliding.field(m, d, theta, on, held, slots)[0]))
         return on, values, h0, cstate, finite, loss0
 
-    on0, E, h0, cstate0, finite0, loss0 = jax.vmap(one)(theta0, data)
+    if resume is None:
+        on0, E, h0, cstate0, finite0, loss0 = jax.vmap(one)(theta0, data)
+        t0 = jnp.zeros((B,), theta0.dtype)
+    else:
+        on0, E, h0, cstate0, finite0, _ = jax.vmap(one)(theta0, data, resume["on"],
+                                                         resume["held"])
+        t0, loss0 = resume["t"], resume["loss0"]
+        h0 = jnp.minimum(h0, setup.t1 - t0)
     E0, Eoff0 = _functions.rebase(E)
     zeros = jnp.zeros((B,), jnp.int32)
-    S0 = jnp.sum(setup.ts <= 0).astype(jnp.int32)
+    S0 = jnp.sum(setup.ts[None, :] <= t0[:, None], axis=1).astype(jnp.int32)
     dummy = diffrax.ODETerm(lambda t, y, a: y)
     return Lanes(
-        t=jnp.zeros((B,), theta0.dtype),
+        t=t0,
         y=theta0,
         h=h0,
         controller_state=cstate0,
         on=on0,
-        held=jnp.zeros((B, P), bool),
+        held=jnp.zeros((B, P), bool) if resume is None else resume["held"],
         event_values=E0,
         event_offsets=Eoff0,
         jump=jnp.ones((B,), bool),
@@ -149,8 +183,10 @@ def start_lanes(setup: Setup, theta0, data) -> Lanes:
         rejected=zeros,
         crossings=zeros,
         slides=zeros,
-        save_index=jnp.full((B,), S0, jnp.int32),
+        save_index=S0,
         loss0=loss0,
+        watch=jnp.zeros((B, 2), theta0.dtype),
+        implicit=jnp.full((B,), resume is not None),
     )
 
 
@@ -262,18 +298,44 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
 
     # 1. the trial step
     def trial(slots):
-        return jax.vmap(
+        out = jax.vmap(
             lambda y, t, h, o, hl, j, f, i, d: _step.attempt(setup, d, y, t, h, o, hl, j, f, i,
                                                              slots)
         )(s.y, s.t, s.h, s.on, s.held, s.jump, s.first_stage, s.save_index, data)
+        if not setup.implicit_steps:
+            return out
+        # lanes that step implicitly (solver="auto", stiff between events): their trial step
+        # is Kvaerno5's (on the sliding field while they slide), on iterations where some lane
+        # needs it
+        implicit = s.implicit & active
 
-    y1, t_next, yerr, err, dense, fsal1, E1 = setup.by_projection(sliding, trial)
+        def with_implicit(out):
+            imp = jax.vmap(
+                lambda y, t, h, o, hl, j, f, i, d: _step.attempt_implicit(
+                    setup, d, y, t, h, o, hl, j, f, i, slots)
+            )(s.y, s.t, s.h, s.on, s.held, s.jump, s.first_stage, s.save_index, data)
+            return select(implicit, imp, out)
+
+        return jax.lax.cond(jnp.any(implicit), with_implicit, lambda o: o, out)
+
+    y1, t_next, yerr, err, dense, fsal1, E1, stiff = setup.by_projection(sliding, trial)
     keep, h_next, cstate = jax.vmap(lambda h, y0, y1_, ye, cs: _control.adapt(
         setup, h, y0, y1_, ye, cs))(s.h, s.y, y1, yerr, s.controller_state)
     ok = keep & jnp.isfinite(err) & jnp.all(jnp.isfinite(y1), axis=1) & active
     E1 = E1 + s.event_offsets
     trig = (E1 < 0) & (E1 < s.event_values) & ok[:, None]
     has_ev = jnp.any(trig, axis=1)
+    implicit_now = s.implicit
+    if setup.implicit_steps:
+        # an implicit step is not used to locate an event (its dense output is only cubic):
+        # the lane goes back to explicit steps from where it is, a tenth of the step size, and
+        # the watch starts again
+        back = s.implicit & has_ev
+        ok = ok & ~back
+        trig = trig & ~back[:, None]
+        has_ev = has_ev & ~back
+        implicit_now = s.implicit & ~back
+        h_next = jnp.where(back, 0.1 * s.h, h_next)
 
     # 2. events: locate, cut, decide
     t_end, y_new, on_new, held_new, n_cross, n_slide = _cut_at_events(
@@ -296,7 +358,8 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
     # 4. saves in (t, t_end]
     rows = state.refill.run_of_lane if setup.refill else jnp.arange(setup.lanes)
     saves, saved_held, save_index = _saves.record(
-        setup, s, t_next, t_end, dense, y_new, has_ev, ok, state.saves, state.saved_held, rows)
+        setup, s, t_next, t_end, dense, y_new, has_ev, ok, state.saves, state.saved_held, rows,
+        implicit=s.implicit if setup.implicit_steps else None)
 
     # 5. step size and status
     h_new = jnp.where(active, h_next, s.h)
@@ -307,11 +370,31 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         event_values=E_new, event_offsets=off_new, jump=has_ev | still, first_stage=fsal1,
         done=s.done, status=s.status, steps=s.steps, accepted=s.accepted, rejected=s.rejected,
         crossings=s.crossings + n_cross, slides=s.slides + n_slide, save_index=save_index,
-        loss0=s.loss0)
+        loss0=s.loss0, watch=s.watch, implicit=s.implicit)
+    if setup.watch:  # accepted explicit steps count (implicit ones, and sliding ones, calm)
+        moved = moved.replace(watch=count_stiff(s.watch, stiff & ~s.implicit))
     # an accepted step moves the lane; a rejected one keeps its state (but its new step size
-    # and its save index)
+    # and its save index, and a lane gone back to explicit steps its new mode)
     new = moved.where(ok, s).replace(h=h_new, controller_state=cstate, save_index=save_index)
+    if setup.implicit_steps:
+        gone_back = s.implicit & ~implicit_now
+        new = new.replace(implicit=implicit_now,
+                          watch=jnp.where(gone_back[:, None], 0.0, new.watch))
     new = _outcome(setup, new, s, active, ok, err, data)
+    if setup.watch:
+        # stiff for `patience` accepted steps, holding no pair: implicit steps from here (the
+        # explicit phase alone hands the run over to the host instead). Not while sliding:
+        # a long implicit step leaves the held kinks by more than the projection back onto
+        # them can take without moving free pairs across theirs (measured: a sliding tail
+        # took 23,418 crossings where explicit steps took 176)
+        due = (~new.done & ~new.implicit & (new.watch[:, 0] >= setup.auto.patience)
+               & ~jnp.any(new.held, axis=1))
+        if setup.implicit_steps:
+            new = new.replace(implicit=new.implicit | due,
+                              watch=jnp.where(due[:, None], 0.0, new.watch))
+        else:
+            new = new.replace(done=new.done | due,
+                              status=jnp.where(due, HANDED_OVER, new.status))
     state = state.replace(lanes=new, saves=saves, saved_held=saved_held,
                           iteration=state.iteration + 1)
     if not setup.refill:
@@ -371,16 +454,23 @@ def _outcome(setup: Setup, new: Lanes, old: Lanes, active, ok, err, data) -> Lan
 def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reduction,
                  has_stop: bool, has_stop_grad: bool = False, batched: bool,
                  progress: bool = False, has_stop_plateau: bool = False,
-                 log_time: bool = False) -> RawResult:
+                 log_time: bool = False, stiff_phase: str = "off", resume=None):
     """Event-driven solve of a batch (leading run axis on net and data when ``batched``).
     ``method``: a :class:`gfsim.methods.Events`; ``stops``: the (stop_loss, stop_grad,
     stop_plateau) thresholds; ``has_stop``, ``has_stop_grad``, ``has_stop_plateau``: whether each
-    applies; ``log_time``: the loop's clock is s = log(1 + t)."""
+    applies; ``log_time``: the loop's clock is s = log(1 + t). Under ``solver="auto"``,
+    ``stiff_phase``: ``"off"`` (explicit steps only), ``"explicit"`` (runs that turn stiff
+    end with status HANDED_OVER and their state in the second output) or ``"implicit"`` (the
+    runs go on from ``resume``, that state, stepping implicitly until an event).
+    Returns the RawResult and the hand-over state (None unless ``"explicit"``)."""
     setup = Setup(net, data, t1, ts, rtol, atol, stops, method, loss, reduction, has_stop,
-                  batched, has_stop_grad, has_stop_plateau, log_time)
+                  batched, has_stop_grad, has_stop_plateau, log_time, stiff_phase)
     R, L, S, p, P = setup.runs, setup.lanes, ts.shape[0], setup.params, setup.pairs
     m = setup.model
-    lanes0 = start_lanes(setup, setup.theta0[:L], _refill.take(setup.data, jnp.arange(L)))
+    if resume is not None and not batched:
+        resume = jax.tree_util.tree_map(lambda a: a[None], resume)
+    lanes0 = start_lanes(setup, setup.theta0[:L], _refill.take(setup.data, jnp.arange(L)),
+                         resume)
     rid0 = jnp.arange(L, dtype=jnp.int32)
     saves0, saved_held0 = _saves.put_start(setup, jnp.full((R, S, p), jnp.nan, setup.theta0.dtype),
                                            jnp.zeros((R, S, P), bool), rid0, lanes0)
@@ -434,6 +524,18 @@ def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reductio
         num_steps=runs.steps, num_accepted=runs.accepted, num_rejected=runs.rejected,
         num_crossings=runs.crossings, num_slides=runs.slides,
         sliding=m.split_pairs(final.saved_held, setup.points), loop_steps=final.iteration)
+    handed = None
+    if setup.stiff_phase == "explicit":
+        over = runs.status == HANDED_OVER
+        out = eqx.tree_at(lambda r: r.t_stiff, out,
+                          jnp.where(over, setup.wall(jnp.where(over, runs.t, 0.0)), jnp.nan),
+                          is_leaf=lambda x: x is None)
+        handed = {"t": runs.t, "y": runs.y, "on": runs.on, "held": runs.held,
+                  "loss0": runs.loss0}
+    elif setup.stiff_phase == "implicit":
+        out = eqx.tree_at(lambda r: r.t_stiff, out, setup.wall(resume["t"]),
+                          is_leaf=lambda x: x is None)
     if not batched:
         out = jax.tree_util.tree_map(lambda a: a[0] if a.ndim else a, out)
-    return out
+        handed = None if handed is None else jax.tree_util.tree_map(lambda a: a[0], handed)
+    return out, handed

@@ -35,6 +35,10 @@ class Lanes(eqx.Module):
     slides: Int[Array, " L"]
     save_index: Int[Array, " L"]  # the next save time not yet written
     loss0: Float[Array, " L"]  # the loss where the run started (for the plateau rule)
+    # the stiffness watch under solver="auto" (gfsim.stiff.count_stiff): [stiff steps, calm
+    # steps since the last stiff one]; and whether the lane steps implicitly
+    watch: Float[Array, "L 2"]
+    implicit: Bool[Array, " L"]
 
     def replace(self, **changes) -> Lanes:
         return dataclasses.replace(self, **changes)
@@ -46,7 +50,7 @@ class Lanes(eqx.Module):
 
 # what is kept of a run when it is done (when lanes are refilled)
 RECORD_FIELDS = ("t", "y", "on", "held", "status", "steps", "accepted", "rejected", "crossings",
-                 "slides")
+                 "slides", "loss0")
 
 
 class RunRecord(eqx.Module):
@@ -62,6 +66,7 @@ class RunRecord(eqx.Module):
     rejected: Int[Array, " R"]
     crossings: Int[Array, " R"]
     slides: Int[Array, " R"]
+    loss0: Float[Array, " R"]
 
     @classmethod
     def empty(cls, lanes: Lanes, runs: int) -> RunRecord:

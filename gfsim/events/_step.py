@@ -8,10 +8,12 @@ forward pass; others go through the solver's own ``step``.
 from __future__ import annotations
 
 import diffrax
+import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 
+from ..stiff import h_rho
 from . import _functions, _sliding
 
 _UNROLL_STAGES = 7
@@ -70,15 +72,12 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int):
     ``SAVE_SLOTS``-th pending save time. Returns y1, t_next, the error estimate, its ratio to
     the tolerance (for the acceptance test see :mod:`._control`), the dense output, the next
     FSAL state and the event values at y1 (without offsets)."""
-    model, solver, ts = setup.model, setup.solver, setup.ts
-    S = ts.shape[0]
-    t_next = jnp.minimum(t + h, setup.t1)
-    last = save_index + SAVE_SLOTS - 1
-    t_next = jnp.where(last < S, jnp.minimum(t_next, ts[jnp.minimum(last, S - 1)]), t_next)
+    model, solver = setup.model, setup.solver
+    t_next = _step_end(setup, t, h, save_index)
+    clocked = _clock(setup)
+    stiff = jnp.zeros((), bool)
     # Sliding steps keep Diffrax's step: unrolling the projected field (a backward pass per held
     # pair, per stage) measured no faster on the sliding case and compiled slower.
-    def clocked(t_, f):  # under log time the clock is s = log(1 + t): f times dt/ds = e^s
-        return jnp.exp(t_) * f if setup.log_time else f
 
     if setup.unrolled and not slots:
         def fn(t_, y_):
@@ -92,5 +91,44 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int):
         y1, yerr, dense, fsal1, _ = solver.step(term, t, t_next, y, None, fsal, jump)
         # the event values at the step's end, under the same choice of projection
         E1 = _functions.values(model, data, y1, on, held, slots)
+    if setup.watch:  # the stiffness watch of solver="auto", from the step's own stages
+        stiff = h_rho(solver.tableau, dense["k"]) > setup.stiff_limit
     err = error_ratio(y, y1, yerr, setup.rtol, setup.atol)
-    return y1, t_next, yerr, err, dense, fsal1, E1
+    return y1, t_next, yerr, err, dense, fsal1, E1, stiff
+
+
+def attempt_implicit(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int):
+    """One trial step of the frozen-pattern flow of a lane that holds no pair (``slots``:
+    the batch's choice of projection, which then changes nothing) by the implicit solver of ``solver="auto"`` (Kvaerno5 with Newton iterations on the field's
+    Jacobian, :meth:`gfsim.stiff.Auto.implicit`), cut as :func:`attempt` cuts; the same
+    outputs (never stiff: the watch reads explicit steps). A step whose Newton iterations
+    fail is rejected (an infinite error ratio)."""
+    model = setup.model
+    t_next = _step_end(setup, t, h, save_index)
+    clocked = _clock(setup)
+    term = diffrax.ODETerm(
+        lambda t_, y_, a: clocked(t_, _sliding.field(model, data, y_, on, held, slots)[0]))
+    solver = setup.auto.implicit(y.shape[0], setup.rtol, setup.atol, setup.controller.norm,
+                                 scale=jnp.max(jnp.abs(y)))
+    solver = eqx.tree_at(lambda s: s.scan_kind, solver, setup.implicit_scan_kind,
+                         is_leaf=lambda x: x is None)
+    y1, yerr, dense, fsal1, result = solver.step(term, t, t_next, y, None, fsal, jump)
+    E1 = _functions.values(model, data, y1, on, held, slots)
+    err = error_ratio(y, y1, yerr, setup.rtol, setup.atol)
+    err = jnp.where(result == diffrax.RESULTS.successful, err, jnp.inf)
+    return y1, t_next, yerr, err, dense, fsal1, E1, jnp.zeros((), bool)
+
+
+def _step_end(setup, t, h, save_index):
+    """Where a trial step of size ``h`` from ``t`` ends: at t1 and at the ``SAVE_SLOTS``-th
+    pending save time at the latest."""
+    ts = setup.ts
+    S = ts.shape[0]
+    t_next = jnp.minimum(t + h, setup.t1)
+    last = save_index + SAVE_SLOTS - 1
+    return jnp.where(last < S, jnp.minimum(t_next, ts[jnp.minimum(last, S - 1)]), t_next)
+
+
+def _clock(setup):
+    """The field in the loop's clock: under log time s = log(1 + t), f times dt/ds = e^s."""
+    return lambda t_, f: jnp.exp(t_) * f if setup.log_time else f
