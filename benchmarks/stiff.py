@@ -219,7 +219,7 @@ def main(argv=None):
     meta = {"profile": args.profile, "machine": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "jax": jax.__version__, "device": str(jax.devices()[0]),
             "python": sys.version.split()[0], "command": "python benchmarks/stiff.py --profile "
-            + args.profile}
+            + args.profile + " --cases " + " ".join(args.cases)}
     with open(out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     print("wrote", out)

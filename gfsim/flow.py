@@ -274,7 +274,7 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static, start=None):
 
 
 @eqx.filter_jit
-def _run(net, data, t1, ts, rtol, atol, stops, cfg: _Static, start=None):
+def _run(net, data, t1, ts, rtol, atol, stops, start, cfg: _Static):
     _TRACES[0] += 1
     if ts is None:
         ts = log_times(t1, cfg.num_saves, cfg.decades)
@@ -563,15 +563,12 @@ def simulate(
 
     def solve(net, data, cfg, start=None):
         # a stored export of this solve's traced program, when one applies (gfsim._exported)
-        args = (net, data, t1, ts, rtol, atol, stops)
-        if start is not None:
-            return _run(*args, cfg, start)
+        args = (net, data, t1, ts, rtol, atol, stops, start)
         res = _exported.cached_call(_run, args, cfg)
         return res if res is not None else _run(*args, cfg)
 
     if isinstance(method.solver, _stiff.Auto):
-        if not any(isinstance(x, jax.core.Tracer)
-                   for x in jax.tree_util.tree_leaves((net, data, t1, ts, rtol, atol, stops))):
+        if not _tracing((net, data, t1, ts, rtol, atol, stops)):
             # outside a trace, the implicit phase is compiled and run only for the runs that
             # switched (most calls never do): see _finish_stiff
             cfg = dataclasses.replace(cfg, stiff_phase="explicit")
@@ -623,6 +620,22 @@ def _log_clock(clock, loss, t1) -> bool:
     return float(np.asarray(t1)) > LOG_CLOCK_AFTER
 
 
+def _tracing(inputs) -> bool:
+    """Whether this call is being traced: an input is a tracer (``jax.grad``, ``jax.vmap``, a
+    ``jit`` of a function of them), or a trace is open around it (a ``jit`` of a function that
+    closes over concrete inputs, ``lax.scan``: new arrays are tracers there)."""
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(inputs)):
+        return True
+    return isinstance(jnp.zeros(()) + 0, jax.core.Tracer)
+
+
+def _bucket(n: int, runs: int) -> int:
+    """How many runs the implicit phase is compiled for when ``n`` of ``runs`` switched: the
+    next power of two (at most ``runs``), so a call whose switch count changes reuses one of
+    a few programs, not one per count."""
+    return min(runs, 1 << max(0, int(n - 1).bit_length()))
+
+
 def _finish_stiff(raw, resume, ts, net, data, cfg, solve):
     """The implicit phase of the runs whose watched explicit phase switched (``t_stiff``
     finite), from their switch to their end, merged into ``raw`` (the explicit phase's
@@ -633,8 +646,13 @@ def _finish_stiff(raw, resume, ts, net, data, cfg, solve):
     rows = np.flatnonzero(switched)
     if rows.size == 0:
         return raw
+    events = isinstance(cfg.method, Events)
     lead = (lambda a: a) if batched else (lambda a: a[None])  # noqa: E731
-    pick = lambda tree: jax.tree_util.tree_map(lambda a: lead(a)[rows], tree)  # noqa: E731
+    # the switched runs, padded to a bucket by repeating the first (the copies are dropped)
+    padded = np.concatenate([rows, np.full(_bucket(rows.size, switched.size) - rows.size,
+                                           rows[0])])
+    pick = lambda tree, r=padded: jax.tree_util.tree_map(  # noqa: E731
+        lambda a: lead(a)[r], tree)
     sub_net = pick(net) if cfg.net_batched else net
     sub_data = pick(data) if cfg.data_batched else data
     start = pick(resume) if batched else resume
@@ -645,10 +663,10 @@ def _finish_stiff(raw, resume, ts, net, data, cfg, solve):
     _, sub = solve(sub_net, sub_data, later_cfg, start)
     loops = sub.pop("loop_steps", None)
     sub = {k: v for k, v in sub.items() if k != "_resume"}
-    if not batched:
-        sub = jax.tree_util.tree_map(lambda a: a[None], sub)
+    sub = jax.tree_util.tree_map(
+        (lambda a: a[: rows.size]) if batched else (lambda a: a[None]), sub)
     clock = jnp.log1p(jnp.asarray(ts)) if cfg.log_time else jnp.asarray(ts)
-    later = clock[None, :] > jnp.asarray(pick(resume["t"]))[:, None]  # (rows, T)
+    later = clock[None, :] > jnp.asarray(pick(resume["t"], rows))[:, None]  # (rows, T)
 
     def merge(field, old, new):
         if field == "loop_steps":  # the loop's iterations, batch-wide: both phases'
@@ -658,9 +676,8 @@ def _finish_stiff(raw, resume, ts, net, data, cfg, solve):
             keep = old[rows]
             wide = later.reshape(later.shape + (1,) * (new.ndim - 2))
             new = jnp.where(wide, new, keep)
-        elif field in ("num_steps", "num_accepted", "num_rejected", "num_crossings",
-                       "num_slides"):
-            new = old[rows] + new
+        elif field in ("num_steps", "num_accepted", "num_rejected") and not events:
+            new = old[rows] + new  # (the event solver's implicit phase goes on counting)
         elif field == "t_stiff":
             new = old[rows]
         out = old.at[rows].set(new)

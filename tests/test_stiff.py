@@ -377,3 +377,42 @@ def test_events_inside_a_trace_step_explicitly():
     assert traced.method == "gf:tsit5+events"
     assert int(traced.num_steps) > int(host.num_steps)
     np.testing.assert_allclose(np.asarray(host.loss), np.asarray(traced.loss), rtol=1e-6)
+
+
+def test_events_step_budget_is_the_runs_across_both_phases(relu_tail):
+    # max_steps is each run's budget: the implicit phase goes on counting from the explicit
+    # phase's steps
+    budget = int(relu_tail.num_steps) - 50
+    tr = gfsim.simulate(gfsim.MLP.from_weights(POS_W, "relu"), POS, 1e4, num_saves=8,
+                        rtol=1e-8, max_steps=budget)
+    assert np.isfinite(float(tr.t_stiff))  # the budget ran out in the implicit phase
+    assert tr.status_labels() == "max_steps" and int(tr.num_steps) == budget
+
+
+def test_a_jit_that_closes_over_its_inputs_is_a_trace_too(unfittable):
+    # no input is a tracer, but the call is traced: both phases in one program
+    traced = jax.jit(lambda: gfsim.simulate(NETS, DATA, 1e4, rtol=1e-8))()
+    np.testing.assert_array_equal(np.asarray(traced.num_steps), np.asarray(unfittable.num_steps))
+    np.testing.assert_allclose(np.asarray(traced.final_loss), np.asarray(unfittable.final_loss),
+                               rtol=1e-12)
+
+
+def test_switch_counts_share_a_few_implicit_programs():
+    # the implicit phase is compiled for the switched runs padded to a power of two: 1 and 2
+    # switched runs of 3 (and 3 of 3, the whole batch) trace at most three programs, and a
+    # second call with the same count traces nothing
+    zero = gfsim.MLP.from_weights([0.0 * w for w in NETS[0].weights], "linear")
+    stack = lambda *ns: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ns)  # noqa: E731
+    one = stack(NETS[0], zero, zero)
+    two = stack(NETS[0], NETS[1], zero)
+    a = gfsim.simulate(one, DATA, 1e4, rtol=1e-8)
+    b = gfsim.simulate(two, DATA, 1e4, rtol=1e-8)
+    assert np.isfinite(np.asarray(a.t_stiff)).sum() == 1
+    assert np.isfinite(np.asarray(b.t_stiff)).sum() == 2
+    before = gfsim.flow.trace_count()
+    c = gfsim.simulate(stack(zero, NETS[2], zero), DATA, 1e4, rtol=1e-8)
+    assert gfsim.flow.trace_count() == before  # the one-switch program again
+    alone = gfsim.simulate(NETS[2], DATA, 1e4, rtol=1e-8)
+    np.testing.assert_allclose(np.asarray(c.final_loss[1]), float(alone.final_loss), rtol=1e-12)
+    for u, v in zip(c.final_weights, alone.final_weights):
+        np.testing.assert_allclose(np.asarray(u[1]), np.asarray(v), atol=1e-12)

@@ -68,15 +68,16 @@ def controller(method, rtol, atol) -> diffrax.AbstractAdaptiveStepSizeController
         rtol=rtol, atol=atol)
 
 
-def initial_step(setup, term, theta, data):
-    """The first step size and the controller's state for one run, at most t1."""
-    zero = jnp.zeros((), theta.dtype)
+def initial_step(setup, term, theta, data, t0=None):
+    """The first step size from ``t0`` (default 0) and the controller's state for one run, at
+    most to t1."""
+    t0 = jnp.zeros((), theta.dtype) if t0 is None else t0
     t_first, state = setup.controller.init(
-        term, zero, setup.t1, theta, None, data,
+        term, t0, setup.t1, theta, None, data,
         lambda terms, t, y, args: terms.vf(t, y, args), setup.error_order)
     # step sizes are not differentiated (Diffrax's convention): their sensitivity compounds
     # over the steps and overflowed to inf * 0 = NaN in long reverse passes
-    return jax.lax.stop_gradient(jnp.minimum(t_first - zero, setup.t1)), state
+    return jax.lax.stop_gradient(jnp.minimum(t_first - t0, setup.t1 - t0)), state
 
 
 def adapt(setup, h, y0, y1, yerr, state):

@@ -76,7 +76,10 @@ class Setup:
         self.controller = _control.controller(method, rtol, atol)
         self.rtol, self.atol = self.controller.rtol, self.controller.atol
         self.unrolled = _step.unrolled(self.solver)
-        self.watch = self.stiff_phase != "off" and self.unrolled
+        # (the implicit steps' dense output takes the explicit one's place: Kvaerno5 has 7
+        # stages, as Tsit5 and Dopri5 do; another explicit solver steps explicitly throughout)
+        self.watch = (self.stiff_phase != "off" and self.unrolled
+                      and self.solver.tableau.num_stages == 7)
         self.implicit_steps = self.watch and self.stiff_phase == "implicit"
         if self.watch:
             self.stiff_limit = self.auto.threshold * stability_boundary(self.solver.tableau)
@@ -137,14 +140,16 @@ def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
     # (a resumed lane may hold pairs: its values and field with the projection)
     slots = 0 if resume is None else setup.slots
 
-    def one(theta, d, on=None, held=None):
+    def one(theta, d, on=None, held=None, t0=None):
         net = eqx.combine(m.unravel(theta), m.skeleton)
         if on is None:
             on = jnp.concatenate(net.preactivations(d.X)[:-1], axis=-1).reshape(-1) > 0
             held = jnp.zeros(P, bool)
         values = _functions.values(m, d, theta, on, held, slots)
-        term = diffrax.ODETerm(lambda t, y, a: _sliding.field(m, d, y, on, held, slots)[0])
-        h0, cstate = _control.initial_step(setup, term, theta, d)
+        clocked = _step._clock(setup)  # (a resumed lane's first step at its own time)
+        term = diffrax.ODETerm(
+            lambda t, y, a: clocked(t, _sliding.field(m, d, y, on, held, slots)[0]))
+        h0, cstate = _control.initial_step(setup, term, theta, d, t0)
         # a start whose loss or gradient is not finite (an overflowing init) is done at once:
         # it would reject every step at t = 0 until the budget ran out, holding the batch up
         loss0 = m.true_loss(theta, d)
@@ -156,10 +161,9 @@ def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
         on0, E, h0, cstate0, finite0, loss0 = jax.vmap(one)(theta0, data)
         t0 = jnp.zeros((B,), theta0.dtype)
     else:
-        on0, E, h0, cstate0, finite0, _ = jax.vmap(one)(theta0, data, resume["on"],
-                                                         resume["held"])
         t0, loss0 = resume["t"], resume["loss0"]
-        h0 = jnp.minimum(h0, setup.t1 - t0)
+        on0, E, h0, cstate0, finite0, _ = jax.vmap(one)(theta0, data, resume["on"],
+                                                         resume["held"], t0)
     E0, Eoff0 = _functions.rebase(E)
     zeros = jnp.zeros((B,), jnp.int32)
     S0 = jnp.sum(setup.ts[None, :] <= t0[:, None], axis=1).astype(jnp.int32)
@@ -178,11 +182,9 @@ def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
         done=~finite0,
         status=jnp.where(finite0, int(Status.REACHED_T1), int(Status.NONFINITE)).astype(
             jnp.int32),
-        steps=zeros,
-        accepted=zeros,
-        rejected=zeros,
-        crossings=zeros,
-        slides=zeros,
+        # (a resumed lane goes on counting: max_steps is the run's budget, both phases)
+        **{k: zeros if resume is None else resume[k].astype(jnp.int32)
+           for k in ("steps", "accepted", "rejected", "crossings", "slides")},
         save_index=S0,
         loss0=loss0,
         watch=jnp.zeros((B, 2), theta0.dtype),
@@ -371,14 +373,16 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         done=s.done, status=s.status, steps=s.steps, accepted=s.accepted, rejected=s.rejected,
         crossings=s.crossings + n_cross, slides=s.slides + n_slide, save_index=save_index,
         loss0=s.loss0, watch=s.watch, implicit=s.implicit)
-    if setup.watch:  # accepted explicit steps count (implicit ones, and sliding ones, calm)
+    if setup.watch:  # accepted explicit steps count (implicit ones as calm)
         moved = moved.replace(watch=count_stiff(s.watch, stiff & ~s.implicit))
     # an accepted step moves the lane; a rejected one keeps its state (but its new step size
     # and its save index, and a lane gone back to explicit steps its new mode)
     new = moved.where(ok, s).replace(h=h_new, controller_state=cstate, save_index=save_index)
     if setup.implicit_steps:
         gone_back = s.implicit & ~implicit_now
-        new = new.replace(implicit=implicit_now,
+        # (and the explicit step evaluates its first stage afresh: Kvaerno5's FSAL value is
+        # its Newton solution, f(y) only to the Newton tolerance)
+        new = new.replace(implicit=implicit_now, jump=new.jump | gone_back,
                           watch=jnp.where(gone_back[:, None], 0.0, new.watch))
     new = _outcome(setup, new, s, active, ok, err, data)
     if setup.watch:
@@ -530,8 +534,9 @@ def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reductio
         out = eqx.tree_at(lambda r: r.t_stiff, out,
                           jnp.where(over, setup.wall(jnp.where(over, runs.t, 0.0)), jnp.nan),
                           is_leaf=lambda x: x is None)
-        handed = {"t": runs.t, "y": runs.y, "on": runs.on, "held": runs.held,
-                  "loss0": runs.loss0}
+        handed = {k: getattr(runs, k) for k in (
+            "t", "y", "on", "held", "loss0", "steps", "accepted", "rejected", "crossings",
+            "slides")}
     elif setup.stiff_phase == "implicit":
         out = eqx.tree_at(lambda r: r.t_stiff, out, setup.wall(resume["t"]),
                           is_leaf=lambda x: x is None)
