@@ -99,8 +99,9 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int):
 
 def attempt_implicit(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int):
     """One trial step of the frozen-pattern flow of a lane that holds no pair (``slots``:
-    the batch's choice of projection, which then changes nothing) by the implicit solver of ``solver="auto"`` (Kvaerno5 with Newton iterations on the field's
-    Jacobian, :meth:`gfsim.stiff.Auto.implicit`), cut as :func:`attempt` cuts; the same
+    the batch's choice of projection, which then changes nothing) by the implicit solver of
+    ``solver="auto"`` (Kvaerno5 with Newton iterations on the field's Jacobian,
+    :meth:`gfsim.stiff.Auto.implicit`), cut as :func:`attempt` cuts; the same
     outputs (never stiff: the watch reads explicit steps). A step whose Newton iterations
     fail is rejected (an infinite error ratio)."""
     model = setup.model
