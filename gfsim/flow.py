@@ -456,8 +456,9 @@ def simulate(
       every output are in t either way; ``Trajectory.method`` ends in ``"+log"`` under the
       log clock. Under both methods.
     - ``max_steps``: step budget per run (under ``solver="auto"`` and ``"plain"``, per phase: the
-      explicit steps before a switch and the implicit ones after it have one each); a run
-      that exhausts it ends with status ``max_steps``.
+      explicit steps before a switch and the implicit ones after it have one each; under
+      ``"events"`` the run's, both phases together); a run that exhausts it ends with status
+      ``max_steps``.
     - ``method``: ``"auto"`` (default: ``"events"`` for nets whose activation has a kink, such
       as ReLU and leaky ReLU, ``"plain"`` otherwise), ``"events"`` (the exact piecewise-smooth
       flow through kinks and sliding modes, :mod:`gfsim.events`; explicit solvers or
