@@ -431,10 +431,11 @@ def simulate(
     - ``solver``: ``"auto"`` (default: Tsit5 steps; under ``method="plain"`` a run whose
       steps become stability-limited, as in the stiff tail near a minimum, switches to an
       implicit Kvaerno5 with Newton iterations on Hessian-vector products and
-      ``Trajectory.t_stiff`` says when, :mod:`gfsim.stiff`; under ``"events"`` a run that
-      holds no pair on a kink steps implicitly on its frozen pattern until its next event,
-      outside a trace), ``"tsit5"``, ``"dopri5"``, ``"dopri8"``, ``"kvaerno5"``, ``"bosh3"``,
-      ``"heun"``, a :class:`gfsim.stiff.Auto` or a Diffrax solver instance.
+      ``Trajectory.t_stiff`` says when, :mod:`gfsim.stiff`; under ``"events"`` Tsit5, unless
+      ``Auto(events=True)``: then a run that holds no pair on a kink steps implicitly on its
+      frozen pattern until its next event, outside a trace), ``"tsit5"``, ``"dopri5"``,
+      ``"dopri8"``, ``"kvaerno5"``, ``"bosh3"``, ``"heun"``, a :class:`gfsim.stiff.Auto` or a
+      Diffrax solver instance.
     - ``rtol``, ``atol``: PID step-size control tolerances; ``atol`` defaults to ``rtol * 1e-3``.
     - ``stop_loss``: stop a run as soon as its loss falls below this value (per run).
     - ``stop_grad``: stop a run as soon as its gradient norm (under ``"events"``, the norm of

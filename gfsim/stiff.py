@@ -24,13 +24,14 @@ on ``I + gamma h H`` once ``h lambda_max`` is large (the S-LSQ benchmark, 240 pa
 dense 1.2 s, GMRES over 10 minutes), so above DENSE_LIMIT parameters ``"auto"`` stays
 explicit (:meth:`Auto.switches`).
 
-Under the event solver (``method="events"``) the same watch reads the unrolled Tsit5 steps of
-each lane (:func:`h_rho`, :func:`count_stiff`); a lane that holds no pair on a kink and has been
-stiff for ``patience`` steps takes Kvaerno5 steps on its frozen pattern's field (smooth between
-events) until an implicit step's end shows an event: that step is taken back and the lane goes
-on explicitly, so events are located on explicit steps only. Outside a trace both the plain
-and the event solver run the implicit phase as a second program, for the runs that switched
-only (``gfsim.flow._finish_stiff``): a call whose runs never switch does not compile it.
+Under the event solver (``method="events"``, opt-in: ``Auto(events=True)``) the same watch reads
+the unrolled Tsit5 steps of each lane (:func:`h_rho`, :func:`count_stiff`); a lane that holds no
+pair on a kink and has been stiff for ``patience`` steps takes Kvaerno5 steps on its frozen
+pattern's field (smooth between events) until an implicit step's end shows an event: that step
+is taken back and the lane goes on explicitly, so events are located on explicit steps only.
+Outside a trace both the plain and the event solver run the implicit phase as a second program,
+for the runs that switched only (``gfsim.flow._finish_stiff``): a call whose runs never switch
+does not compile it.
 """
 
 from __future__ import annotations
@@ -89,15 +90,21 @@ class Auto(eqx.Module):
       :data:`DENSE_LIMIT` parameters; above it no switch, explicit steps throughout),
       ``"dense"`` (LU at any size) or ``"gmres"`` (matrix-free, slow without a
       preconditioner: see the module's notes).
+    - ``events``: whether runs under the event solver switch too (default False: Tsit5
+      throughout there). Opt in with ``Events(solver=Auto(events=True))``: it pays on long
+      stiff tails off the kinks (605 steps to t = 1e4 where Tsit5 takes 110,374), but on the
+      reproduction's many short ReLU runs the implicit continuation's compile and its costlier
+      steps made ``gfsim reproduce`` take 485 s instead of 214 s.
     """
 
     explicit: diffrax.AbstractSolver = eqx.field(static=True)
     patience: int = eqx.field(static=True)
     threshold: float = eqx.field(static=True)
     linear_solver: str = eqx.field(static=True)
+    events: bool = eqx.field(static=True)
 
     def __init__(self, explicit=None, patience: int = 15, threshold: float = 0.9,
-                 linear_solver: str = "auto"):
+                 linear_solver: str = "auto", events: bool = False):
         self.explicit = diffrax.Tsit5() if explicit is None else explicit
         if not watchable(self.explicit):
             raise ValueError(
@@ -117,14 +124,20 @@ class Auto(eqx.Module):
             raise ValueError(f"linear_solver={linear_solver!r} is not allowed; allowed: "
                              f"{', '.join(map(repr, LINEAR_SOLVERS))}.")
         self.linear_solver = linear_solver
+        if not isinstance(events, (bool, np.bool_)):
+            raise ValueError(f"events={events!r} is not allowed; allowed: True or False.")
+        self.events = bool(events)
 
     def switches(self, kinked: bool, params: int, events: bool = False) -> bool:
         """Whether runs of a net may switch: under ``method="plain"`` not for a kinked
         activation (its plain field jumps at the kinks; under ``"events"`` the field between
-        events is smooth, the frozen pattern's), and with ``linear_solver="auto"`` not above
+        events is smooth, the frozen pattern's, but they switch only with ``events=True``), and
+        with ``linear_solver="auto"`` not above
         :data:`DENSE_LIMIT` parameters (GMRES without a preconditioner took minutes where
         dense LU took a second: opt in with ``linear_solver="gmres"``)."""
         if kinked and not events:
+            return False
+        if events and not self.events:
             return False
         return self.linear_solver != "auto" or params <= DENSE_LIMIT
 

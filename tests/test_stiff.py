@@ -318,13 +318,15 @@ POS = gfsim.Dataset(jnp.abs(jax.random.normal(_K[0], (12, 3))) + 0.5,
                     jax.random.normal(_K[1], (12, 2)))
 POS_W = [jnp.abs(jax.random.normal(_K[2], (4, 3))) * 0.5 + 0.3,
          0.3 * jax.random.normal(_K[3], (2, 4))]
+# the event solver's implicit steps are opt-in
+EV_AUTO = Auto(events=True)
 POS_LSTSQ = np.linalg.lstsq(np.asarray(POS.X), np.asarray(POS.Y), rcond=None)[0].T
 
 
 @pytest.fixture(scope="module")
 def relu_tail():
     return gfsim.simulate(gfsim.MLP.from_weights(POS_W, "relu"), POS, 1e4, num_saves=8,
-                          rtol=1e-8)
+                          rtol=1e-8, solver=EV_AUTO)
 
 
 def test_events_stiff_tail_steps_implicitly_and_ends_at_least_squares(relu_tail):
@@ -351,8 +353,8 @@ def test_events_stiff_batch_and_refilled_lanes_are_each_run_alone(relu_tail):
     # the runs go through it one after the other and are handed over from the refill record
     ws = [jnp.stack([w, 0.1 * w]) for w in POS_W]
     nets = gfsim.MLP.from_weights(ws, "relu")
-    both = gfsim.simulate(nets, POS, 1e4, num_saves=8, rtol=1e-8)
-    one_lane = gfsim.simulate(nets, POS, 1e4, num_saves=8, rtol=1e-8, lanes=1)
+    both = gfsim.simulate(nets, POS, 1e4, num_saves=8, rtol=1e-8, solver=EV_AUTO)
+    one_lane = gfsim.simulate(nets, POS, 1e4, num_saves=8, rtol=1e-8, lanes=1, solver=EV_AUTO)
     # (a batched Newton solve rounds differently from a single one: a step or two may move)
     assert abs(int(both.num_steps[0]) - int(relu_tail.num_steps)) <= 2
     np.testing.assert_allclose(np.asarray(both.loss[0]), np.asarray(relu_tail.loss), rtol=1e-9)
@@ -371,10 +373,15 @@ def test_events_inside_a_trace_step_explicitly():
     # the implicit phase is a continuation the host starts: under jit, Tsit5 throughout (the
     # same flow to the tolerance; t1 = 200 is past the switch at t ~ 41)
     relu = gfsim.MLP.from_weights(POS_W, "relu")
-    host = gfsim.simulate(relu, POS, 200.0, num_saves=4, rtol=1e-8)
-    traced = jax.jit(lambda n: gfsim.simulate(n, POS, 200.0, num_saves=4, rtol=1e-8))(relu)
+    host = gfsim.simulate(relu, POS, 200.0, num_saves=4, rtol=1e-8, solver=EV_AUTO)
+    traced = jax.jit(lambda n: gfsim.simulate(n, POS, 200.0, num_saves=4, rtol=1e-8,
+                                              solver=EV_AUTO))(relu)
     assert np.isfinite(float(host.t_stiff)) and traced.t_stiff is None
     assert traced.method == "gf:tsit5+events"
+    # and the default ("auto") under the event solver is Tsit5 throughout: opt-in only
+    default = gfsim.simulate(relu, POS, 200.0, num_saves=4, rtol=1e-8)
+    assert default.method == "gf:tsit5+events" and default.t_stiff is None
+    assert int(default.num_steps) == int(traced.num_steps)
     assert int(traced.num_steps) > int(host.num_steps)
     np.testing.assert_allclose(np.asarray(host.loss), np.asarray(traced.loss), rtol=1e-6)
 
@@ -384,7 +391,7 @@ def test_events_step_budget_is_the_runs_across_both_phases(relu_tail):
     # phase's steps
     budget = int(relu_tail.num_steps) - 50
     tr = gfsim.simulate(gfsim.MLP.from_weights(POS_W, "relu"), POS, 1e4, num_saves=8,
-                        rtol=1e-8, max_steps=budget)
+                        rtol=1e-8, max_steps=budget, solver=EV_AUTO)
     assert np.isfinite(float(tr.t_stiff))  # the budget ran out in the implicit phase
     assert tr.status_labels() == "max_steps" and int(tr.num_steps) == budget
 
@@ -429,7 +436,7 @@ def test_events_after_the_switch_are_located_as_accurately_as_by_explicit_steps(
     net = gfsim.MLP.from_weights([0.6 * jax.random.normal(k[2], (16, 4, 3))[15],
                                   0.6 * jax.random.normal(k[3], (16, 2, 4))[15]], "relu")
     ts = np.array([0.0, 300.0, 450.0, 550.0, 700.0, 1000.0])
-    tr = gfsim.simulate(net, data, 1e3, ts=ts, rtol=1e-8)
+    tr = gfsim.simulate(net, data, 1e3, ts=ts, rtol=1e-8, solver=EV_AUTO)
     ref = gfsim.simulate(net, data, 1e3, ts=ts, rtol=1e-11, solver="tsit5")
     t_stiff = float(tr.t_stiff)
     assert 0 < t_stiff < 450
