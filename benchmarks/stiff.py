@@ -23,7 +23,8 @@ Cases (every one run to where the flow has done its work: a stiff endpoint or t1
 - S-EXP: the exponential loss on separable data (12 points in 3-D, a linear classifier of
   width 4), t1 = 1e20: steps per decade, clock "linear" against "log".
 
-For each: ``solver="tsit5"`` against the default ``solver="auto"`` (Tsit5, switching to
+For each: ``solver="tsit5"`` against the default ``solver="auto"`` (under the event solver,
+S-RELU and S-RELU-SLIDE, the opt-in ``gfsim.stiff.Auto(events=True)``) (Tsit5, switching to
 Kvaerno5 with Newton iterations where stability-limited), the same batch, steady-state time
 (median of repeated calls after the first, compiling, one) and the first call, steps (median and
 max over runs), when the switch happened, and the error at the end against an independent
@@ -46,6 +47,9 @@ import numpy as np
 
 import gfsim
 from gfsim.bench import workloads
+
+# the event solver's implicit steps are opt-in
+EVENTS_AUTO = gfsim.stiff.Auto(events=True)
 
 PROFILES = {"quick": dict(seeds=4, repeats=3), "full": dict(seeds=16, repeats=5)}
 
@@ -120,11 +124,11 @@ def case_relu(seeds, repeats):
     nets = gfsim.MLP.from_weights(ws, "relu")
     W = np.linalg.lstsq(np.asarray(X), np.asarray(Y), rcond=None)[0].T
     out = []
-    for solver in ("tsit5", "auto"):
+    for name, solver in (("tsit5", "tsit5"), ("Auto(events=True)", EVENTS_AUTO)):
         tr, first, steady = timed(lambda s=solver: gfsim.simulate(
             nets, data, 1e4, rtol=1e-8, solver=s, num_saves=8, max_steps=400_000), repeats)
         err = rel(e2e(tr.final_weights), np.broadcast_to(W, (seeds,) + W.shape))
-        r = row("S-RELU", solver, tr, first, steady, err)
+        r = row("S-RELU", name, tr, first, steady, err)
         r["crossings_max"] = int(np.asarray(tr.num_crossings).max())
         out.append(r)
     return out
@@ -136,10 +140,10 @@ def case_slide(repeats):
     data = gfsim.Dataset(jnp.concatenate([base.X, base.X[:4]]),
                          jnp.concatenate([base.Y, -base.Y[:4]]))
     out = []
-    for solver in ("tsit5", "auto"):
+    for name, solver in (("tsit5", "tsit5"), ("Auto(events=True)", EVENTS_AUTO)):
         tr, first, steady = timed(lambda s=solver: gfsim.simulate(
             net, data, 1e4, solver=s, num_saves=8, max_steps=400_000), repeats)
-        r = row("S-RELU-SLIDE", solver, tr, first, steady,
+        r = row("S-RELU-SLIDE", name, tr, first, steady,
                 {"final_loss": float(tr.final_loss)})
         r["crossings_max"] = int(np.asarray(tr.num_crossings).max())
         r["held_at_end"] = int(sum(np.asarray(s)[-1].sum() for s in tr.sliding))
