@@ -641,8 +641,8 @@ def _bucket(n: int, runs: int) -> int:
 def _finish_stiff(raw, resume, ts, net, data, cfg, solve):
     """The implicit phase of the runs whose watched explicit phase switched (``t_stiff``
     finite), from their switch to their end, merged into ``raw`` (the explicit phase's
-    result): the same arithmetic as the one-program solve inside a trace, but a call whose runs
-    never switch neither compiles nor runs the implicit phase."""
+    result). Under the plain method the same arithmetic as the one-program solve inside a
+    trace; a call whose runs never switch neither compiles nor runs the implicit phase."""
     batched = cfg.net_batched or cfg.data_batched
     switched = np.atleast_1d(np.isfinite(np.asarray(raw["t_stiff"])))
     rows = np.flatnonzero(switched)
