@@ -659,12 +659,11 @@ def _finish_stiff(raw, resume, ts, net, data, cfg, solve):
     sub_data = pick(data) if cfg.data_batched else data
     start = pick(resume) if batched else resume
     later_cfg = dataclasses.replace(cfg, stiff_phase="implicit")
-    if isinstance(cfg.method, Events):  # (no refill: each lane starts from its own hand-over)
+    if events:  # (no refill: each lane starts from its own hand-over)
         later_cfg = dataclasses.replace(later_cfg, method=dataclasses.replace(
             cfg.method, lanes=None))
     _, sub = solve(sub_net, sub_data, later_cfg, start)
     loops = sub.pop("loop_steps", None)
-    sub = {k: v for k, v in sub.items() if k != "_resume"}
     sub = jax.tree_util.tree_map(
         (lambda a: a[: rows.size]) if batched else (lambda a: a[None]), sub)
     clock = jnp.log1p(jnp.asarray(ts)) if cfg.log_time else jnp.asarray(ts)

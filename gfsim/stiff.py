@@ -132,9 +132,9 @@ class Auto(eqx.Module):
         """Whether runs of a net may switch: under ``method="plain"`` not for a kinked
         activation (its plain field jumps at the kinks; under ``"events"`` the field between
         events is smooth, the frozen pattern's, but they switch only with ``events=True``), and
-        with ``linear_solver="auto"`` not above
-        :data:`DENSE_LIMIT` parameters (GMRES without a preconditioner took minutes where
-        dense LU took a second: opt in with ``linear_solver="gmres"``)."""
+        with ``linear_solver="auto"`` not above :data:`DENSE_LIMIT` parameters (GMRES without
+        a preconditioner took minutes where dense LU took a second: opt in with
+        ``linear_solver="gmres"``)."""
         if kinked and not events:
             return False
         if events and not self.events:

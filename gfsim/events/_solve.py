@@ -131,30 +131,28 @@ def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
     the loop's own event handling is the only one compiled.
 
     ``resume``: lanes that go on from where the explicit phase handed them over (their clock
-    time ``t``, pattern ``on`` and start loss ``loss0``, no pair held), stepping implicitly."""
+    time ``t``, state ``y``, pattern ``on``, start loss ``loss0`` and counters; a lane is handed
+    over only while it holds no pair), stepping implicitly."""
     m = setup.model
     B, P = theta0.shape[0], setup.pairs
     if resume is not None:
         theta0 = resume["y"]
 
-    # (a resumed lane may hold pairs: its values and field with the projection)
-    slots = 0 if resume is None else setup.slots
-
-    def one(theta, d, on=None, held=None, t0=None):
+    def one(theta, d, on=None, t0=None):
         net = eqx.combine(m.unravel(theta), m.skeleton)
         if on is None:
             on = jnp.concatenate(net.preactivations(d.X)[:-1], axis=-1).reshape(-1) > 0
-            held = jnp.zeros(P, bool)
-        values = _functions.values(m, d, theta, on, held, slots)
+        held = jnp.zeros(P, bool)
+        values = _functions.values(m, d, theta, on, held, 0)
         clocked = _step._clock(setup)  # (a resumed lane's first step at its own time)
         term = diffrax.ODETerm(
-            lambda t, y, a: clocked(t, _sliding.field(m, d, y, on, held, slots)[0]))
+            lambda t, y, a: clocked(t, _sliding.field(m, d, y, on, held, 0)[0]))
         h0, cstate = _control.initial_step(setup, term, theta, d, t0)
         # a start whose loss or gradient is not finite (an overflowing init) is done at once:
         # it would reject every step at t = 0 until the budget ran out, holding the batch up
         loss0 = m.true_loss(theta, d)
         finite = jnp.isfinite(loss0) & jnp.all(
-            jnp.isfinite(_sliding.field(m, d, theta, on, held, slots)[0]))
+            jnp.isfinite(_sliding.field(m, d, theta, on, held, 0)[0]))
         return on, values, h0, cstate, finite, loss0
 
     if resume is None:
@@ -162,8 +160,7 @@ def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
         t0 = jnp.zeros((B,), theta0.dtype)
     else:
         t0, loss0 = resume["t"], resume["loss0"]
-        on0, E, h0, cstate0, finite0, _ = jax.vmap(one)(theta0, data, resume["on"],
-                                                         resume["held"], t0)
+        on0, E, h0, cstate0, finite0, _ = jax.vmap(one)(theta0, data, resume["on"], t0)
     E0, Eoff0 = _functions.rebase(E)
     zeros = jnp.zeros((B,), jnp.int32)
     S0 = jnp.sum(setup.ts[None, :] <= t0[:, None], axis=1).astype(jnp.int32)
@@ -174,7 +171,7 @@ def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
         h=h0,
         controller_state=cstate0,
         on=on0,
-        held=jnp.zeros((B, P), bool) if resume is None else resume["held"],
+        held=jnp.zeros((B, P), bool),
         event_values=E0,
         event_offsets=Eoff0,
         jump=jnp.ones((B,), bool),
@@ -300,27 +297,27 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
 
     # 1. the trial step
     def trial(slots):
-        out = jax.vmap(
+        return jax.vmap(
             lambda y, t, h, o, hl, j, f, i, d: _step.attempt(setup, d, y, t, h, o, hl, j, f, i,
                                                              slots)
         )(s.y, s.t, s.h, s.on, s.held, s.jump, s.first_stage, s.save_index, data)
-        if not setup.implicit_steps:
-            return out
-        # lanes that step implicitly (solver="auto", stiff between events): their trial step
-        # is Kvaerno5's (on the sliding field while they slide), on iterations where some lane
-        # needs it
+
+    out = setup.by_projection(sliding, trial)
+    if setup.implicit_steps:
+        # lanes that step implicitly (Auto(events=True), stiff between events; they hold no
+        # pair, so no projection): their trial step is Kvaerno5's, on iterations where some
+        # lane needs it
         implicit = s.implicit & active
 
         def with_implicit(out):
             imp = jax.vmap(
                 lambda y, t, h, o, hl, j, f, i, d: _step.attempt_implicit(
-                    setup, d, y, t, h, o, hl, j, f, i, slots)
+                    setup, d, y, t, h, o, hl, j, f, i)
             )(s.y, s.t, s.h, s.on, s.held, s.jump, s.first_stage, s.save_index, data)
             return select(implicit, imp, out)
 
-        return jax.lax.cond(jnp.any(implicit), with_implicit, lambda o: o, out)
-
-    y1, t_next, yerr, err, dense, fsal1, E1, stiff = setup.by_projection(sliding, trial)
+        out = jax.lax.cond(jnp.any(implicit), with_implicit, lambda o: o, out)
+    y1, t_next, yerr, err, dense, fsal1, E1, stiff = out
     keep, h_next, cstate = jax.vmap(lambda h, y0, y1_, ye, cs: _control.adapt(
         setup, h, y0, y1_, ye, cs))(s.h, s.y, y1, yerr, s.controller_state)
     ok = keep & jnp.isfinite(err) & jnp.all(jnp.isfinite(y1), axis=1) & active
@@ -535,8 +532,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reductio
                           jnp.where(over, setup.wall(jnp.where(over, runs.t, 0.0)), jnp.nan),
                           is_leaf=lambda x: x is None)
         handed = {k: getattr(runs, k) for k in (
-            "t", "y", "on", "held", "loss0", "steps", "accepted", "rejected", "crossings",
-            "slides")}
+            "t", "y", "on", "loss0", "steps", "accepted", "rejected", "crossings", "slides")}
     elif setup.stiff_phase == "implicit":
         out = eqx.tree_at(lambda r: r.t_stiff, out, setup.wall(resume["t"]),
                           is_leaf=lambda x: x is None)

@@ -97,10 +97,9 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int):
     return y1, t_next, yerr, err, dense, fsal1, E1, stiff
 
 
-def attempt_implicit(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int):
-    """One trial step of the frozen-pattern flow of a lane that holds no pair (``slots``:
-    the batch's choice of projection, which then changes nothing) by the implicit solver of
-    ``solver="auto"`` (Kvaerno5 with Newton iterations on the field's Jacobian,
+def attempt_implicit(setup, data, y, t, h, on, held, jump, fsal, save_index):
+    """One trial step of the frozen-pattern flow of a lane that holds no pair by the implicit
+    solver of ``Auto(events=True)`` (Kvaerno5 with Newton iterations on the field's Jacobian,
     :meth:`gfsim.stiff.Auto.implicit`), cut as :func:`attempt` cuts; the same
     outputs (never stiff: the watch reads explicit steps). A step whose Newton iterations
     fail is rejected (an infinite error ratio)."""
@@ -108,13 +107,13 @@ def attempt_implicit(setup, data, y, t, h, on, held, jump, fsal, save_index, slo
     t_next = _step_end(setup, t, h, save_index)
     clocked = _clock(setup)
     term = diffrax.ODETerm(
-        lambda t_, y_, a: clocked(t_, _sliding.field(model, data, y_, on, held, slots)[0]))
+        lambda t_, y_, a: clocked(t_, _sliding.field(model, data, y_, on, held, 0)[0]))
     solver = setup.auto.implicit(y.shape[0], setup.rtol, setup.atol, setup.controller.norm,
                                  scale=jnp.max(jnp.abs(y)))
     solver = eqx.tree_at(lambda s: s.scan_kind, solver, setup.implicit_scan_kind,
                          is_leaf=lambda x: x is None)
     y1, yerr, dense, fsal1, result = solver.step(term, t, t_next, y, None, fsal, jump)
-    E1 = _functions.values(model, data, y1, on, held, slots)
+    E1 = _functions.values(model, data, y1, on, held, 0)
     err = error_ratio(y, y1, yerr, setup.rtol, setup.atol)
     err = jnp.where(result == diffrax.RESULTS.successful, err, jnp.inf)
     return y1, t_next, yerr, err, dense, fsal1, E1, jnp.zeros((), bool)
