@@ -70,6 +70,123 @@ def test_first_root_finds_a_dip_not_seen_at_the_steps_end():
     assert bool(fired[1])  # the dipping unit joined the fired set
 
 
+@pytest.mark.parametrize("name", [n for n, _ in _locate._DENSE_DEGREE])
+def test_dense_degrees_are_those_of_the_solvers_own_interpolation(name):
+    """The search on nodes is exact only if theta(tau) on a step is a polynomial of the listed
+    degree: fit the solver's own dense output on a step of a nonlinear flow."""
+    solver = getattr(diffrax, name)()
+    q = _locate.dense_degree(solver)
+    term = diffrax.ODETerm(lambda t, y, a: jnp.sin(3.0 * y) + jnp.cos(y[::-1]) * t)
+    y0 = jnp.array([0.3, -1.1, 0.7])
+    state = solver.init(term, 0.0, 0.8, y0, None)
+    *_, dense, _, _ = solver.step(term, 0.0, 0.8, y0, None, state, False)
+    taus = np.linspace(0.0, 1.0, 41)
+    ys = np.stack([np.asarray(solver.interpolation_cls(t0=0.0, t1=0.8, **dense).evaluate(
+        0.8 * t)) for t in taus])
+
+    def misfit(deg):
+        V = np.vander(taus, deg + 1)
+        coef = np.linalg.lstsq(V, ys, rcond=None)[0]
+        return np.max(np.abs(V @ coef - ys)) / np.max(np.abs(ys))
+
+    assert misfit(q) < 1e-13 < 1e-5 < misfit(q - 1)  # (the least degree that fits)
+
+
+def _random_path(depth, n, seed, width=5, dim=3):
+    """A ReLU net, data, its pattern at theta0 and a degree-4 polynomial path theta(tau) on
+    which many pairs cross (the shape of a Tsit5 step's dense output)."""
+    key = jax.random.key(seed)
+    kn, kx, kc = jax.random.split(key, 3)
+    net = gfsim.MLP((dim,) + (width,) * (depth - 1) + (1,), key=kn, scale=1.0)
+    data = gfsim.Dataset(jax.random.normal(kx, (n, dim)), jnp.zeros((n, 1)))
+    model = FrozenPattern(net, "square", "mean")
+    theta0 = flatten(net)[0]
+    coef = 0.6 * jax.random.normal(kc, (4,) + theta0.shape)
+
+    def interp(tau):
+        return theta0 + sum(tau ** (j + 1) * coef[j] for j in range(4))
+
+    on = jnp.concatenate(net.preactivations(data.X)[:-1], axis=-1).reshape(-1) > 0
+    return model, data, interp, on
+
+
+@pytest.mark.parametrize("depth,seed", [(2, 0), (2, 1), (3, 2), (3, 3)])
+def test_the_search_on_nodes_finds_the_first_root_of_all_pairs(depth, seed):
+    """The crossing functions' polynomials (first_root_nodes) against a brute-force grid over
+    the whole step and against the search on the net itself (first_root): the same first
+    root, the same fired pair, on paths where many pairs cross (depth 3: the second layer's
+    polynomials have degree 8)."""
+    model, data, interp, on = _random_path(depth, 70, seed)
+    P = on.shape[0]
+    held = jnp.zeros(P, bool)
+    offsets = jnp.zeros(3 * P)
+    start = _functions.values(model, data, interp(0.0), on, held, 0)
+    end = _functions.values(model, data, interp(1.0), on, held, 0)
+    triggered = (end < 0) & (end < start)
+    assert int(jnp.sum(triggered)) >= 5  # many pairs cross on this step
+    K = _locate.node_count(model, diffrax.Tsit5(), 70)
+    assert K == 4 * (depth - 1) + 1
+    tau, fired, at, over = jax.jit(lambda: _locate.first_root_nodes(
+        model, data, interp, on, held, triggered, start, end, offsets, K))()
+    tau_net, fired_net, _ = jax.jit(lambda: _locate.first_root(
+        model, data, interp, on, held, triggered, start, end, offsets, 0))()
+    assert not bool(over)
+    assert abs(float(tau) - float(tau_net)) < 1e-11
+    # the values returned are those at tau, every fired one is negative there
+    np.testing.assert_allclose(np.asarray(at), np.asarray(
+        _functions.values(model, data, interp(tau), on, held, 0)), rtol=1e-12)
+    assert bool(jnp.all(at[:P][fired[:P]] <= 1e-12))
+    # the pairs the search on the net fires (negative at its tau) are the ones fired here
+    at_net = _functions.values(model, data, interp(tau_net), on, held, 0)
+    assert set(np.flatnonzero(np.asarray(fired_net & (at_net < 0)))) <= set(
+        np.flatnonzero(np.asarray(fired)))
+    # brute force: the first grid point where any crossing value is negative
+    grid = jnp.linspace(0.0, 1.0, 200_001)
+    vals = jax.jit(jax.vmap(lambda g: _functions.values(model, data, interp(g), on, held, 0)[:P]))(
+        grid)
+    brute = float(grid[int(jnp.argmax(jnp.any(vals < 0, axis=1)))])
+    assert brute - 1e-5 <= float(tau) <= brute
+
+
+def test_the_search_on_nodes_finds_a_dip_not_seen_at_the_steps_end():
+    """The two-unit path of the search on the net: unit 1 dips below zero inside the step and
+    comes back; its root (0.5) comes first, found from the nodes' values."""
+    model, data, interp = _two_unit_path()
+    on = jnp.array([True, True])
+    held = jnp.zeros(2, bool)
+    start = _functions.values(model, data, interp(0.0), on, held, 0)
+    end = _functions.values(model, data, interp(1.0), on, held, 0)
+    tau, fired, _, over = jax.jit(lambda: _locate.first_root_nodes(
+        model, data, interp, on, held, end < 0, start, end, jnp.zeros(6), 5))()
+    assert abs(float(tau) - 0.5) < 1e-12 and bool(fired[1]) and not bool(over)
+
+
+def test_a_solve_with_the_search_on_nodes_is_the_solve_with_the_search_on_the_net(monkeypatch):
+    """The whole event-driven solve, once with each search (teacher-student, 64 points, depth 3,
+    many crossings): the same crossings, slides and steps, the same weights to round-off."""
+    from gfsim.events import solve_events
+
+    key = jax.random.key(7)
+    data = gfsim.data.teacher_student(key, n=64, dim=3)
+    net = gfsim.MLP((3, 6, 6, 1), key=jax.random.key(8), init="gaussian", scale=0.5)
+    ts = jnp.linspace(0.0, 3.0, 4)
+
+    def solve():
+        fn = jax.jit(lambda: solve_events(
+            net, data, 3.0, ts, 1e-7, 1e-10, (0.0, 0.0, 0.0), Events(), loss="square",
+            reduction="mean", has_stop=False, batched=False)[0])
+        return fn()
+
+    nodes = solve()
+    monkeypatch.setattr(_locate, "MIN_POINTS", 10 ** 9)  # the search on the net
+    net_search = solve()
+    assert int(nodes.num_crossings) >= 30
+    for f in ("num_crossings", "num_slides", "num_steps", "num_rejected", "status"):
+        assert int(getattr(nodes, f)) == int(getattr(net_search, f)), f
+    for a, b in zip(nodes.final_weights, net_search.final_weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+
+
 # -- cross or slide ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target,expect_slide", [(1.0, False), (-1.0, True)])

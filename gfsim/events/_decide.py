@@ -12,6 +12,7 @@ repeated until the held set is consistent (the complementarity problem), at most
 
 from __future__ import annotations
 
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 
@@ -31,10 +32,11 @@ def decide(model: FrozenPattern, data, theta, on, held, hit, slots: int):
     Returns the new ``on``, the new ``held`` and which hit pairs slide."""
     P = held.shape[0]
     zfun = lambda th: model.zflat(th, data, model.slopes(on, held))  # noqa: E731
+    first = _sliding.first_rows(model, data, held) if slots else None  # (both sides' held set)
 
     def rate(side_on):
         on2 = jnp.where(hit, side_on, on)
-        F = _sliding.field(model, data, theta, on2, held, slots)[0]
+        F = _sliding.field(model, data, theta, on2, held, slots, first=first)[0]
         return jax.jvp(zfun, (theta,), (F,))[1]
 
     # dz/dt with the hit pairs off (a) and on (b): one traced field for both sides
@@ -53,15 +55,20 @@ def release(model: FrozenPattern, data, theta, on, held, slots: int):
     side it points to, until the held set is consistent (at most ``_RELEASE_ROUNDS`` passes)."""
     ls = _functions._LAMBDA_SLACK * (model.right - model.left)
 
-    def one_pass(_, c):
-        on, held = c
+    def one_pass(c):
+        on, held, r, _ = c
         _, lam = _sliding.field(model, data, theta, on, held, slots)
         lo = held & (lam < model.left - ls)
         hi = held & (lam > model.right + ls)
-        return jnp.where(lo | hi, hi, on), held & ~(lo | hi)
+        return jnp.where(lo | hi, hi, on), held & ~(lo | hi), r + 1, jnp.any(lo | hi)
 
-    # a loop, not unrolled: one traced projection instead of _RELEASE_ROUNDS
-    return jax.lax.fori_loop(0, _RELEASE_ROUNDS, one_pass, (on, held))
+    # a loop, not unrolled: one traced projection instead of _RELEASE_ROUNDS; it stops at the
+    # first pass that releases nothing (the held set is then consistent)
+    on, held, _, _ = eqxi.while_loop(
+        lambda c: (c[2] < _RELEASE_ROUNDS) & c[3], one_pass,
+        (on, held, jnp.zeros((), jnp.int32), jnp.ones((), bool)),
+        max_steps=_RELEASE_ROUNDS, kind="bounded")
+    return on, held
 
 
 def apply(model: FrozenPattern, data, theta, on, held, triggered, offsets, values, slots: int):

@@ -44,11 +44,21 @@ def assemble(model: FrozenPattern, z, scale, on, held, lam):
     return jnp.concatenate([cross, lo, hi])
 
 
-def values(model: FrozenPattern, data, theta, on, held, slots: int):
-    """The event values at ``theta`` (``slots`` as for :func:`gfsim.events._sliding.field`)."""
+def crossing(model: FrozenPattern, data, theta, on, held):
+    """The P crossing values alone at ``theta`` (+inf for held pairs)."""
+    _, z, scale = model.forward(theta, data.X, model.slopes(on, held), scales=True)
+    side = jnp.where(on, 1.0, -1.0)
+    return jnp.where(held, jnp.inf,
+                     side * z.reshape(-1) + _Z_SLACK * jax.lax.stop_gradient(scale.reshape(-1)))
+
+
+def values(model: FrozenPattern, data, theta, on, held, slots: int, first=None):
+    """The event values at ``theta`` (``slots`` and ``first`` as for
+    :func:`gfsim.events._sliding.field`)."""
     D = model.slopes(on, held)
     _, z, scale = model.forward(theta, data.X, D, scales=True)
-    lam = _sliding.field(model, data, theta, on, held, slots)[1] if slots else None
+    lam = (_sliding.field(model, data, theta, on, held, slots, first=first)[1] if slots
+           else None)
     return assemble(model, z.reshape(-1), scale.reshape(-1), on, held, lam)
 
 

@@ -23,6 +23,8 @@ The rows of J have structure, and the solve uses it:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg
@@ -50,9 +52,15 @@ def _cholesky_solve(G, valid, rhs):
     return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(G), rhs[..., None])[..., 0]
 
 
-def _blocks_solve(G, valid, rhs):
-    """G^-1 rhs for a batch of small Gram blocks (..., s, s), as :func:`_cholesky_solve` but in
-    plain array operations, a loop over the s columns: no LAPACK call. (jaxlib 0.10.2's
+# blocks up to this size are factorised with the loop over columns unrolled (a loop iteration
+# per column rewrote the whole batch of factors; unrolled, each column is its own small array);
+# larger ones in a loop. (The solves stay loops: they are traced at every projection.)
+_UNROLL_BLOCK = 16
+
+
+def _blocks_factor(G, valid):
+    """The Cholesky factors (..., s, s) of a batch of small Gram blocks, with a relative jitter
+    (unused rows: identity rows), in plain array operations: no LAPACK call. (jaxlib 0.10.2's
     thread-pooled batched LAPACK kernels deadlocked on LU before; a batch of many tiny
     Cholesky factorisations, one per unit and lane, coincided with worker segfaults in the
     test suite.)"""
@@ -63,16 +71,32 @@ def _blocks_solve(G, valid, rhs):
     eye = jnp.eye(s, dtype=G.dtype)
     G = G + jnp.where(valid, jitter, 1.0)[..., None] * eye
     rows = jnp.arange(s)
+    tiny = jnp.finfo(G.dtype).tiny
+    if s <= _UNROLL_BLOCK:
+        cols = []  # column j of L, entries i >= j (zero above)
+        for j in range(s):
+            v = G[..., :, j]
+            for c in cols:
+                v = v - c * c[..., j:j + 1]
+            d = jnp.sqrt(jnp.maximum(v[..., j], tiny))
+            cols.append(jnp.where(rows >= j, v / d[..., None], 0.0))
+        return jnp.stack(cols, axis=-1)
 
     def column(j, L):  # the j-th column of the Cholesky factor L (G = L L^T)
         Lj = jnp.where(rows < j, jnp.take(L, j, axis=-2), 0.0)  # row j of L, k < j
         v = jnp.take(G, j, axis=-1) - jnp.einsum("...ik,...k->...i", L, Lj)
-        d = jnp.sqrt(jnp.maximum(jnp.take(v, j, axis=-1), jnp.finfo(G.dtype).tiny))
+        d = jnp.sqrt(jnp.maximum(jnp.take(v, j, axis=-1), tiny))
         col = jnp.where(rows >= j, v / d[..., None], 0.0)
         return jnp.where(rows[None, :] == j, col[..., :, None], L)
 
-    L = jax.lax.fori_loop(0, s, column, jnp.zeros_like(G))
+    return jax.lax.fori_loop(0, s, column, jnp.zeros_like(G))
+
+
+def _blocks_apply(L, rhs):
+    """G^-1 rhs for a batch of blocks G = L L^T (factors from :func:`_blocks_factor`)."""
+    s = L.shape[-1]
     Ld = jnp.diagonal(L, axis1=-2, axis2=-1)
+    rows = jnp.arange(s)
 
     def forward(i, y):  # L y = rhs
         acc = jnp.einsum("...k,...k->...", jnp.take(L, i, axis=-2), y)
@@ -94,27 +118,50 @@ def solve_gram(J: Float[Array, "K p"], valid: Bool[Array, " K"], rhs):
     return _cholesky_solve(J @ J.T, valid, rhs)
 
 
+class FirstRows(NamedTuple):
+    """The first layer's part of the held rows of one run: it depends on the data and the held
+    set only (not on the weights), so a step, a search or a projection builds it once for all
+    its field evaluations (:func:`first_rows`). Per first-layer unit: the points held
+    (``pts``, s1 slots, ``valid1`` in use), their inputs ``Xs``, the flat pair indices, the
+    Gram blocks and their Cholesky factors."""
+
+    pts: Array
+    valid1: Array
+    pair1: Array
+    Xs: Array
+    G1: Array
+    L1: Array
+
+
+def first_rows(model: FrozenPattern, data, held) -> FirstRows:
+    """The :class:`FirstRows` of the held set ``held``."""
+    n, h1 = data.X.shape[0], model.hidden[0]
+    H = held.reshape(n, model.hsum)
+    s1 = model.first_block
+    counts = jnp.sum(H[:, :h1], axis=0)
+    pts = jax.vmap(lambda col: jnp.nonzero(col, size=s1, fill_value=0)[0])(H[:, :h1].T)
+    valid1 = jnp.arange(s1)[None, :] < counts[:, None]  # (h1, s1)
+    pair1 = pts * model.hsum + jnp.arange(h1)[:, None]  # flat pair indices
+    Xs = jnp.where(valid1[..., None], data.X[pts], 0.0)  # (h1, s1, d)
+    G1 = jnp.einsum("ukd,uld->ukl", Xs, Xs)
+    if model.has_bias:
+        G1 = G1 + (valid1[:, :, None] & valid1[:, None, :])
+    return FirstRows(pts, valid1, pair1, Xs, G1, _blocks_factor(G1, valid1))
+
+
 class HeldRows:
     """The rows of J for the held pairs of one run, in the two structured parts above, with the
-    minimum-norm solve of ``J delta = r``."""
+    minimum-norm solve of ``J delta = r``. ``first``: the held set's :class:`FirstRows`
+    (None: built here)."""
 
-    def __init__(self, model: FrozenPattern, data, theta, D, held, slots: int):
+    def __init__(self, model: FrozenPattern, data, theta, D, held, slots: int, first=None):
         self.model, self.theta = model, theta
         self.model_pairs = held.shape[0]
         n, h1 = D.shape[0], model.hidden[0]
         H = held.reshape(n, model.hsum)
-        # first layer: per unit, the points held (s1 of them at most)
-        s1 = model.first_block
-        counts = jnp.sum(H[:, :h1], axis=0)
-        self.pts = jax.vmap(lambda col: jnp.nonzero(col, size=s1, fill_value=0)[0])(H[:, :h1].T)
-        self.valid1 = jnp.arange(s1)[None, :] < counts[:, None]  # (h1, s1)
-        self.pair1 = self.pts * model.hsum + jnp.arange(h1)[:, None]  # flat pair indices
-        Xs = data.X[self.pts]  # (h1, s1, d)
-        self.Xs = jnp.where(self.valid1[..., None], Xs, 0.0)
-        G1 = jnp.einsum("ukd,uld->ukl", self.Xs, self.Xs)
-        if model.has_bias:
-            G1 = G1 + (self.valid1[:, :, None] & self.valid1[:, None, :])
-        self.G1 = G1
+        first = first_rows(model, data, held) if first is None else first
+        self.pts, self.valid1, self.pair1 = first.pts, first.valid1, first.pair1
+        self.Xs, self.G1, self.L1 = first.Xs, first.G1, first.L1
         # deeper layers: dense rows
         self.deep = len(model.hidden) > 1 and slots > 0
         if self.deep:
@@ -135,7 +182,7 @@ class HeldRows:
         return jax.linear_transpose(self.a1, self.theta)(m1)[0]
 
     def solve1(self, r1):
-        return _blocks_solve(self.G1, self.valid1, jnp.where(self.valid1, r1, 0.0))
+        return _blocks_apply(self.L1, jnp.where(self.valid1, r1, 0.0))
 
     def p1(self, v):
         """v with its component along the first layer's held rows removed."""
@@ -148,10 +195,11 @@ class HeldRows:
     def min_norm(self, r1, r2):
         """The minimum-norm ``delta`` with ``J delta = r`` and its coefficients ``m`` (``delta =
         J^T m``) as a flat (P,) vector over the pairs (zero off the held ones)."""
-        d1 = self.a1t(self.solve1(r1))
+        m1 = self.solve1(r1)
+        d1 = self.a1t(m1)
         P = self.model_pairs
         if not self.deep:
-            return d1, self._scatter(self.solve1(r1), None, P)
+            return d1, self._scatter(m1, None, P)
         q = jnp.where(self.valid2, r2 - self.J2 @ d1, 0.0)
         m2 = solve_gram(self.J2h, self.valid2, q)
         m2 = jnp.where(self.valid2, m2, 0.0)
@@ -178,7 +226,7 @@ def overflow(model: FrozenPattern, held: Bool[Array, "*B P"], slots: int) -> Boo
     return over
 
 
-def field(model: FrozenPattern, data, theta, on, held, slots: int, grad_fn=None):
+def field(model: FrozenPattern, data, theta, on, held, slots: int, grad_fn=None, first=None):
     """The (possibly sliding) field at ``theta`` and the multipliers lambda of the held pairs
     (``(P,)``, zero for free pairs; None without projection).
 
@@ -186,14 +234,14 @@ def field(model: FrozenPattern, data, theta, on, held, slots: int, grad_fn=None)
     that many dense rows for held pairs below the first hidden layer (static, at least the
     number held there; the first layer's held pairs need none). ``grad_fn``:
     ``model.grad_and_c`` (default) or ``model.grad_and_c_aux``, whose extra outputs (z, scales)
-    are returned too."""
+    are returned too. ``first``: the held set's :class:`FirstRows` (None: built here)."""
     grad_fn = grad_fn or model.grad_and_c
     D = model.slopes(on, held)
     g, c, *aux = grad_fn(theta, data, D)
     F = -g
     if not slots:
         return (F, None, *aux)
-    rows = HeldRows(model, data, theta, D, held, slots)
+    rows = HeldRows(model, data, theta, D, held, slots, first)
     delta, mcoef = rows.min_norm(*rows.apply(F))
     F = F - delta
     tiny = jnp.finfo(F.dtype).tiny
@@ -212,14 +260,15 @@ def field(model: FrozenPattern, data, theta, on, held, slots: int, grad_fn=None)
     return (F, lam, *aux)
 
 
-def project(model: FrozenPattern, data, theta, on, held, slots: int):
+def project(model: FrozenPattern, data, theta, on, held, slots: int, first=None):
     """``theta`` moved back onto {z_K = 0} (two Gauss-Newton steps along the rows of J). The
     rows of J are orthogonal to the per-neuron rescalings, so balancedness moves only at second
     order."""
     D = model.slopes(on, held)
+    first = first_rows(model, data, held) if first is None else first
     for _ in range(2):
         z = model.zflat(theta, data, D)
-        rows = HeldRows(model, data, theta, D, held, slots)
+        rows = HeldRows(model, data, theta, D, held, slots, first)
         r1 = jnp.where(rows.valid1, z[rows.pair1], 0.0)
         r2 = jnp.where(rows.valid2, z[rows.idx2], 0.0) if rows.deep else None
         theta = theta - rows.min_norm(r1, r2)[0]

@@ -76,6 +76,8 @@ class Setup:
         self.controller = _control.controller(method, rtol, atol)
         self.rtol, self.atol = self.controller.rtol, self.controller.atol
         self.unrolled = _step.unrolled(self.solver)
+        # the event search on the crossing functions' polynomials (None: on the net itself)
+        self.nodes = _locate.node_count(self.model, self.solver, self.points)
         # (the implicit steps' dense output takes the explicit one's place: Kvaerno5 has 7
         # stages, as Tsit5 and Dopri5 do; another explicit solver steps explicitly throughout)
         self.watch = (self.stiff_phase != "off" and self.unrolled
@@ -110,10 +112,15 @@ class Setup:
         third more compile time: every branch is one more trace.)"""
         return jax.lax.cond(flag, lambda: fn(self.slots), lambda: fn(0))
 
-    def event_values(self, theta, on, held, slots, data):
+    def event_values(self, theta, on, held, slots, data, first=None):
+        """The event values of every lane (``first``: the lanes' held rows' first-layer part,
+        or None)."""
         m = self.model
-        return jax.vmap(lambda th, o, h, d: _functions.values(m, d, th, o, h, slots))(
-            theta, on, held, data)
+        if first is None:
+            return jax.vmap(lambda th, o, h, d: _functions.values(m, d, th, o, h, slots))(
+                theta, on, held, data)
+        return jax.vmap(lambda th, o, h, d, f: _functions.values(m, d, th, o, h, slots, f))(
+            theta, on, held, data, first)
 
 
 # the status of a run that the explicit phase hands to the implicit one (never returned)
@@ -207,11 +214,26 @@ def _cut_at_events(setup: Setup, s: Lanes, data, t_next, y1, dense, trig, has_ev
         return jax.vmap(one)(s.t, t_next, dense, s.on, s.held, data, trig, s.event_values, E1,
                              s.event_offsets)
 
+    def locate_nodes():
+        # the crossing functions as polynomials on the dense output (the search on the net
+        # if some run's pairs were negative at its root after every round)
+        def one(t0_, t1_, dn, on, held, d, tr, Ea, Eb, off):
+            interp = lambda tau: _saves.interpolate(  # noqa: E731
+                solver, t0_, t1_, dn, t0_ + tau * (t1_ - t0_))
+            return _locate.first_root_nodes(m, d, interp, on, held, tr, Ea, Eb, off,
+                                            setup.nodes)
+
+        *found, over = jax.vmap(one)(s.t, t_next, dense, s.on, s.held, data, trig,
+                                     s.event_values, E1, s.event_offsets)
+        return jax.lax.cond(jnp.any(over & has_ev), lambda: locate(0), lambda: tuple(found))
+
     def cut_and_apply(sliding):
         # Only the release events (lambda reaching its bounds) need the projection in the
         # search; when no run has one triggered, the search evaluates the pre-activations alone.
         need_lam = sliding & jnp.any(trig[:, P:])
-        tau, tr, e_end = jax.lax.cond(need_lam, lambda: locate(setup.slots), lambda: locate(0))
+        tau, tr, e_end = jax.lax.cond(
+            need_lam, lambda: locate(setup.slots),
+            locate_nodes if setup.nodes else lambda: locate(0))
         tau = jnp.where(has_ev, tau, 1.0)
         t_end = jnp.where(has_ev, s.t + tau * (t_next - s.t), t_next)
         y_end = jnp.where(
@@ -255,14 +277,17 @@ def _refresh(setup: Setup, s: Lanes, data, y_new, on_new, held_new, fresh, still
 
     def after_change(slots):
         yp = y_new
+        first = None
         if slots:
+            # (the new held set's first-layer rows, once for the projection and the values)
+            first = jax.vmap(lambda d, hl: _sliding.first_rows(m, d, hl))(data, held_new)
             yp = jnp.where(
                 still[:, None],
-                jax.vmap(lambda y, o, hl, d: _sliding.project(m, d, y, o, hl, slots))(
-                    y_new, on_new, held_new, data),
+                jax.vmap(lambda y, o, hl, d, f: _sliding.project(m, d, y, o, hl, slots, f))(
+                    y_new, on_new, held_new, data, first),
                 y_new,
             )
-        return yp, setup.event_values(yp, on_new, held_new, slots, data)
+        return yp, setup.event_values(yp, on_new, held_new, slots, data, first)
 
     any_held = jnp.any(held_new)
     yp, raw = setup.by_projection(any_held, after_change)

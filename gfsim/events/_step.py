@@ -86,11 +86,13 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int):
 
         y1, yerr, dense, fsal1, E1 = erk_step(solver.tableau, fn, t, t_next, y, fsal, jump)
     else:
-        term = diffrax.ODETerm(
-            lambda t_, y_, a: clocked(t_, _sliding.field(model, data, y_, on, held, slots)[0]))
+        # (the held rows' first-layer part, once for the step's stages and its end)
+        first = _sliding.first_rows(model, data, held) if slots else None
+        term = diffrax.ODETerm(lambda t_, y_, a: clocked(
+            t_, _sliding.field(model, data, y_, on, held, slots, first=first)[0]))
         y1, yerr, dense, fsal1, _ = solver.step(term, t, t_next, y, None, fsal, jump)
         # the event values at the step's end, under the same choice of projection
-        E1 = _functions.values(model, data, y1, on, held, slots)
+        E1 = _functions.values(model, data, y1, on, held, slots, first)
     if setup.watch:  # the stiffness watch of solver="auto", from the step's own stages
         stiff = h_rho(solver.tableau, dense["k"]) > setup.stiff_limit
     err = error_ratio(y, y1, yerr, setup.rtol, setup.atol)
