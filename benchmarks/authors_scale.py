@@ -66,13 +66,12 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def one(n, depth, loss, seeds, t1, lrs, rtol):
+def one(n, depth, loss, seeds, t1, lrs, rtol, extra_lrs=()):
     nets, data = problem(n, depth, seeds)
     kw = dict(loss=loss, rtol=rtol, num_saves=16)
     run = lambda: gfsim.simulate(nets, data, t1, **kw)  # noqa: E731
     tr, first = timed(run)
     tr, steady = timed(run)
-    status = tr.status_labels().tolist()
     steps = np.asarray(tr.num_steps)
     cross = np.asarray(tr.num_crossings)
     slides = np.asarray(tr.num_slides)
@@ -109,6 +108,17 @@ def one(n, depth, loss, seeds, t1, lrs, rtol):
         str(lr): {"steps": s, "steady_s": t, "first_call_s": f, "vs_flow": rel(w, flow)}
         for lr, (w, t, f, s) in gd.items()}
     out["richardson_vs_flow"] = rel(rich, flow)
+    # GD at smaller learning rates: how small a rate matches the flow's cost, and how close
+    # that GD comes (its error falls linearly with lr)
+    out["gd_smaller_lr"] = {}
+    for lr in extra_lrs:
+        steps_gd = int(round(t1 / lr))
+        g = lambda lr=lr, s=steps_gd: gfsim.gd(nets, data, lr, s, loss=loss,  # noqa: E731
+                                               num_saves=2)
+        timed(g)
+        gt, gsteady = timed(g)
+        out["gd_smaller_lr"][str(lr)] = {"steps": steps_gd, "steady_s": gsteady,
+                                         "vs_flow": rel(flat(gt.final_weights), flow)}
     out["gd_over_gfsim_time"] = {str(lr): gd[lr][1] / steady for lr in lrs}
     return out
 
@@ -120,6 +130,8 @@ def main(argv=None):
     ap.add_argument("--losses", nargs="*", default=["square"])
     ap.add_argument("--seeds", type=int)
     ap.add_argument("--rtol", type=float, default=1e-6)
+    ap.add_argument("--extra-lrs", type=float, nargs="*", default=[],
+                    help="JAX GD also at these learning rates (steady time, distance)")
     ap.add_argument("--out", default="benchmarks/results/authors_scale.json")
     a = ap.parse_args(argv)
     prof = dict(PROFILES[a.profile])
@@ -128,7 +140,8 @@ def main(argv=None):
     rows = []
     for loss in a.losses:
         for depth in depths:
-            r = one(prof["n"], depth, loss, seeds, prof["t1"], prof["lrs"], a.rtol)
+            r = one(prof["n"], depth, loss, seeds, prof["t1"], prof["lrs"], a.rtol,
+                    a.extra_lrs)
             print(json.dumps(r), flush=True)
             rows.append(r)
     result = {"workload": "W-E", "profile": a.profile, "machine": {

@@ -183,7 +183,7 @@ def barycentric(nodes, weights, values, x):
     return jnp.where(jnp.any(hit), jnp.sum(jnp.where(hit, values, 0.0)), p)
 
 
-def _pick(rows, nodes, k):
+def _pick(rows, k):
     """``rows[k]`` for an index array ``k`` (over the first axis, K entries; unrolled selects:
     a gather or an arg-max over the P pairs is a slow reduction on the CPU)."""
     out = jnp.zeros(k.shape, rows.dtype)
@@ -230,10 +230,10 @@ def first_root_nodes(model, data, interp, on, held, triggered, start_values, end
         inside = first_r <= below
         lo = jnp.where(inside, first_r - 1, below)
         hi = jnp.minimum(first_r, K - 1)
-        fa, fb = _pick(Vr, nodes, lo), _pick(Vr, nodes, hi)
-        a = _pick(jnp.broadcast_to(nodes.reshape((K,) + (1,) * lo.ndim), Vr.shape), nodes, lo)
+        fa, fb = _pick(Vr, lo), _pick(Vr, hi)
+        a = _pick(jnp.broadcast_to(nodes.reshape((K,) + (1,) * lo.ndim), Vr.shape), lo)
         b = jnp.where(inside, _pick(jnp.broadcast_to(
-            nodes.reshape((K,) + (1,) * hi.ndim), Vr.shape), nodes, hi), bound)
+            nodes.reshape((K,) + (1,) * hi.ndim), Vr.shape), hi), bound)
         frac = jnp.clip(fa / jnp.where(fa - fb > 0, fa - fb, 1.0), 0.0, 1.0)
         est = jnp.where(inside, a + (b - a) * frac, b)
         return jnp.where(ok_r, est, jnp.inf), a, b, fa
