@@ -148,6 +148,37 @@ def test_the_search_on_nodes_finds_the_first_root_of_all_pairs(depth, seed):
     assert brute - 1e-5 <= float(tau) <= brute
 
 
+def test_the_search_on_nodes_orders_many_late_roots_and_fires_ties_together():
+    """40 points whose first-layer pairs all cross in the step's last node interval, in the
+    reverse order of their indices, and a duplicated point (two pairs with the same root): the
+    first root, both copies fired, no fallback to the search on the net."""
+    roots = np.concatenate([np.linspace(0.99, 0.90, 40), [0.90]])  # the last: a duplicate
+    X = roots[:, None]
+    net = gfsim.MLP.from_weights([np.array([[1.0]]), np.array([[1.0]])],
+                                 biases=[np.array([0.0]), np.array([0.0])])
+    model = FrozenPattern(net, "square", "sum")
+    data = gfsim.Dataset(X, np.zeros((41, 1)))
+    theta0 = flatten(net)[0]
+    # the first layer's bias in the flat vector: the entry that is 1 in a net with it alone
+    bias = int(np.flatnonzero(np.asarray(flatten(gfsim.MLP.from_weights(
+        [np.array([[0.0]]), np.array([[0.0]])],
+        biases=[np.array([1.0]), np.array([0.0])]))[0]))[0])
+
+    def interp(tau):  # z_i = x_i - tau: point i crosses at tau = x_i
+        return theta0.at[bias].set(-tau)
+
+    on = jnp.ones(41, bool)
+    held = jnp.zeros(41, bool)
+    start = _functions.values(model, data, interp(0.0), on, held, 0)
+    end = _functions.values(model, data, interp(1.0), on, held, 0)
+    tau, fired, _, over = jax.jit(lambda: _locate.first_root_nodes(
+        model, data, interp, on, held, (end < 0) & (end < start), start, end,
+        jnp.zeros(123), 5))()
+    assert not bool(over)
+    assert abs(float(tau) - 0.90) < 1e-12
+    assert set(np.flatnonzero(np.asarray(fired))) == {39, 40}
+
+
 def test_the_search_on_nodes_finds_a_dip_not_seen_at_the_steps_end():
     """The two-unit path of the search on the net: unit 1 dips below zero inside the step and
     comes back; its root (0.5) comes first, found from the nodes' values."""
@@ -177,9 +208,22 @@ def test_a_solve_with_the_search_on_nodes_is_the_solve_with_the_search_on_the_ne
             reduction="mean", has_stop=False, batched=False)[0])
         return fn()
 
+    # (every search on nodes says whether it had to leave the step to the search on the net)
+    overs = []
+    original = _locate.first_root_nodes
+
+    def watched(*args, **kw):
+        out = original(*args, **kw)
+        jax.debug.callback(lambda o: overs.append(np.asarray(o)), out[3])
+        return out
+
+    monkeypatch.setattr(_locate, "first_root_nodes", watched)
     nodes = solve()
+    assert len(overs) >= 30 and not any(bool(np.any(o)) for o in overs)
     monkeypatch.setattr(_locate, "MIN_POINTS", 10 ** 9)  # the search on the net
+    overs.clear()
     net_search = solve()
+    assert not overs
     assert int(nodes.num_crossings) >= 30
     for f in ("num_crossings", "num_slides", "num_steps", "num_rejected", "status"):
         assert int(getattr(nodes, f)) == int(getattr(net_search, f)), f

@@ -223,32 +223,34 @@ def first_root_nodes(model, data, interp, on, held, triggered, start_values, end
     for k in range(K - 1, 0, -1):
         first = jnp.where((V[k] < 0) & (V[k] < start), k, first)
 
-    def bracket(Vr, first_r, ok_r, below, bound):
+    def bracket(Vr, first_r, ok_r, below, bound, fbound_r):
         """Per pair: its bracket [a, b] (its first negative interval, or [the last node below
-        bound, bound] without a negative node before bound), fa there and a linear estimate
-        of its root (inf where not ``ok_r``)."""
+        bound, bound] without a negative node before bound; ``fbound_r``: the values at
+        bound), fa there and a linear estimate of its root (inf where not ``ok_r``)."""
         inside = first_r <= below
         lo = jnp.where(inside, first_r - 1, below)
         hi = jnp.minimum(first_r, K - 1)
-        fa, fb = _pick(Vr, lo), _pick(Vr, hi)
+        fa = _pick(Vr, lo)
+        fb = jnp.where(inside, _pick(Vr, hi), fbound_r)
         a = _pick(jnp.broadcast_to(nodes.reshape((K,) + (1,) * lo.ndim), Vr.shape), lo)
         b = jnp.where(inside, _pick(jnp.broadcast_to(
             nodes.reshape((K,) + (1,) * hi.ndim), Vr.shape), hi), bound)
         frac = jnp.clip(fa / jnp.where(fa - fb > 0, fa - fb, 1.0), 0.0, 1.0)
-        est = jnp.where(inside, a + (b - a) * frac, b)
-        return jnp.where(ok_r, est, jnp.inf), a, b, fa
+        return jnp.where(ok_r, a + (b - a) * frac, jnp.inf), a, b, fa
 
-    def search(cand, bound):
+    def search(cand, bound, fbound):
         """The first root among the pairs ``cand`` on [0, bound] (each is negative at bound
-        or has a negative node before it)."""
+        or has a negative node before it; ``fbound``: every pair's value at bound). Returns
+        it and the roots found, at the pairs ``idx``."""
         below = jnp.sum(nodes < bound) - 1  # the last node below bound
         ok = cand & free
-        est = bracket(V, first, ok, below, bound)[0]
+        est = bracket(V, first, ok, below, bound, fbound)[0]
         _, pts = jax.lax.top_k(-jnp.min(est.reshape(n, hs), axis=1), Q)
         # the Q points' pairs alone from here
         Vq = V.reshape(K, n, hs)[:, pts]
         est_q, a_q, b_q, fa_q = bracket(Vq, first.reshape(n, hs)[pts],
-                                        ok.reshape(n, hs)[pts], below, bound)
+                                        ok.reshape(n, hs)[pts], below, bound,
+                                        fbound.reshape(n, hs)[pts])
         unit = jnp.argmin(est_q, axis=1)
         one = lambda x: jnp.take_along_axis(x, unit[:, None], 1)[:, 0]  # noqa: E731
         valid = jnp.isfinite(one(est_q))
@@ -266,26 +268,31 @@ def first_root_nodes(model, data, interp, on, held, triggered, start_values, end
         idx = pts * hs + unit
         roots = jax.vmap(root)(vals, start[idx], one(a_q), one(b_q), one(fa_q))
         roots = jnp.where(valid, roots, jnp.inf)
-        tau = jnp.minimum(jnp.min(roots), bound)
-        at_root = jnp.zeros(P, bool).at[idx].set(valid & (roots <= tau))
-        return tau, at_root
+        return jnp.minimum(jnp.min(roots), bound), idx, roots
 
     def round_(c):
-        tau, at_root, extra, r, e = c
+        tau, found, extra, r, e = c
         cand = jnp.where(r == 0, (first < K) & live, extra)
-        tau, at_root = search(cand, tau)
+        fbound = jnp.where(r == 0, V[K - 1], jnp.where(free, e[:P], 1.0))
+        tau, idx, roots = search(cand, tau, fbound)
+        # every root found so far, by pair: pairs whose roots coincide (to the bracket's
+        # width) fire together, whichever round found them
+        found = found.at[idx].min(roots)
+        at_root = found <= tau + _TAU_TOL
         e = _functions.values(model, data, interp(tau), on, held, 0) + offsets
         e = jnp.where(tau >= 1, end_values, jnp.where(tau <= 0, start_values, e))
         extra = live & free & ~at_root & (e[:P] < 0) & (e[:P] < start)
-        return tau, at_root, extra, r + 1, e
+        return tau, found, extra, r + 1, e
 
     zeros = jnp.zeros(P, bool)
-    tau, at_root, extra, _, e = eqxi.while_loop(
+    tau, found, extra, _, e = eqxi.while_loop(
         lambda c: (c[3] == 0) | (jnp.any(c[2]) & (c[3] <= _RELOCATE_ROUNDS)),
         round_,
-        (jnp.ones((), dtype), zeros, zeros, jnp.zeros((), jnp.int32), end_values),
+        (jnp.ones((), dtype), jnp.full(P, jnp.inf, dtype), zeros, jnp.zeros((), jnp.int32),
+         end_values),
         max_steps=_RELOCATE_ROUNDS + 1,
         kind="bounded",
     )
+    at_root = found <= tau + _TAU_TOL
     trig = jnp.concatenate([at_root | extra, jnp.zeros(2 * P, bool)])
     return tau, trig, e, jnp.any(extra)
