@@ -94,14 +94,16 @@ def one(n, depth, loss, seeds, t1, lrs, rtol, extra_lrs=()):
         "max_sliding": sorted(set(np.asarray(tr.max_sliding).tolist())),
     }
     flow = flat(tr.final_weights)
-    gd = {}
-    for lr in lrs:
+
+    def run_gd(lr):
+        """JAX GD over the same time at ``lr``: its end, steady and first-call times, steps."""
         steps_gd = int(round(t1 / lr))
-        g = lambda lr=lr, s=steps_gd: gfsim.gd(nets, data, lr, s, loss=loss,  # noqa: E731
-                                               num_saves=2)
+        g = lambda: gfsim.gd(nets, data, lr, steps_gd, loss=loss, num_saves=2)  # noqa: E731
         gt, gfirst = timed(g)
         gt, gsteady = timed(g)
-        gd[lr] = (flat(gt.final_weights), gsteady, gfirst, steps_gd)
+        return flat(gt.final_weights), gsteady, gfirst, steps_gd
+
+    gd = {lr: run_gd(lr) for lr in lrs}
     (lr1, lr2) = lrs
     rich = 2 * gd[lr2][0] - gd[lr1][0]
     out["gd"] = {
@@ -110,15 +112,9 @@ def one(n, depth, loss, seeds, t1, lrs, rtol, extra_lrs=()):
     out["richardson_vs_flow"] = rel(rich, flow)
     # GD at smaller learning rates: how small a rate matches the flow's cost, and how close
     # that GD comes (its error falls linearly with lr)
-    out["gd_smaller_lr"] = {}
-    for lr in extra_lrs:
-        steps_gd = int(round(t1 / lr))
-        g = lambda lr=lr, s=steps_gd: gfsim.gd(nets, data, lr, s, loss=loss,  # noqa: E731
-                                               num_saves=2)
-        timed(g)
-        gt, gsteady = timed(g)
-        out["gd_smaller_lr"][str(lr)] = {"steps": steps_gd, "steady_s": gsteady,
-                                         "vs_flow": rel(flat(gt.final_weights), flow)}
+    out["gd_smaller_lr"] = {
+        str(lr): {"steps": s, "steady_s": t, "vs_flow": rel(w, flow)}
+        for lr, (w, t, _, s) in ((lr, run_gd(lr)) for lr in extra_lrs)}
     out["gd_over_gfsim_time"] = {str(lr): gd[lr][1] / steady for lr in lrs}
     return out
 

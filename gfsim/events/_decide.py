@@ -56,18 +56,16 @@ def release(model: FrozenPattern, data, theta, on, held, slots: int):
     ls = _functions._LAMBDA_SLACK * (model.right - model.left)
 
     def one_pass(c):
-        on, held, r, _ = c
+        on, held, _ = c
         _, lam = _sliding.field(model, data, theta, on, held, slots)
         lo = held & (lam < model.left - ls)
         hi = held & (lam > model.right + ls)
-        return jnp.where(lo | hi, hi, on), held & ~(lo | hi), r + 1, jnp.any(lo | hi)
+        return jnp.where(lo | hi, hi, on), held & ~(lo | hi), jnp.any(lo | hi)
 
     # a loop, not unrolled: one traced projection instead of _RELEASE_ROUNDS; it stops at the
     # first pass that releases nothing (the held set is then consistent)
-    on, held, _, _ = eqxi.while_loop(
-        lambda c: (c[2] < _RELEASE_ROUNDS) & c[3], one_pass,
-        (on, held, jnp.zeros((), jnp.int32), jnp.ones((), bool)),
-        max_steps=_RELEASE_ROUNDS, kind="bounded")
+    on, held, _ = eqxi.while_loop(lambda c: c[2], one_pass, (on, held, jnp.ones((), bool)),
+                                  max_steps=_RELEASE_ROUNDS, kind="bounded")
     return on, held
 
 

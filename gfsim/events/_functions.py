@@ -29,12 +29,16 @@ _Z_SLACK = 1e-13
 _LAMBDA_SLACK = 1e-7
 
 
+def _crossing(z, scale, on, held):
+    """The P crossing values from pre-activations ``z`` and their scales (+inf if held)."""
+    side = jnp.where(on, 1.0, -1.0)
+    return jnp.where(held, jnp.inf, side * z + _Z_SLACK * jax.lax.stop_gradient(scale))
+
+
 def assemble(model: FrozenPattern, z, scale, on, held, lam):
     """The 3P event values from pre-activations ``z``, their scales, the pattern and the
     multipliers ``lam`` (None: no pair is held, the release functions are +inf)."""
-    side = jnp.where(on, 1.0, -1.0)
-    slack = _Z_SLACK * jax.lax.stop_gradient(scale)
-    cross = jnp.where(held, jnp.inf, side * z + slack)
+    cross = _crossing(z, scale, on, held)
     if lam is not None:
         ls = _LAMBDA_SLACK * (model.right - model.left)
         lo = jnp.where(held, lam - model.left + ls, jnp.inf)
@@ -47,9 +51,7 @@ def assemble(model: FrozenPattern, z, scale, on, held, lam):
 def crossing(model: FrozenPattern, data, theta, on, held):
     """The P crossing values alone at ``theta`` (+inf for held pairs)."""
     _, z, scale = model.forward(theta, data.X, model.slopes(on, held), scales=True)
-    side = jnp.where(on, 1.0, -1.0)
-    return jnp.where(held, jnp.inf,
-                     side * z.reshape(-1) + _Z_SLACK * jax.lax.stop_gradient(scale.reshape(-1)))
+    return _crossing(z.reshape(-1), scale.reshape(-1), on, held)
 
 
 def values(model: FrozenPattern, data, theta, on, held, slots: int, first=None):

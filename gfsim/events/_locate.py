@@ -184,8 +184,9 @@ def barycentric(nodes, weights, values, x):
 
 
 def _pick(rows, k):
-    """``rows[k]`` for an index array ``k`` (over the first axis, K entries; unrolled selects:
-    a gather or an arg-max over the P pairs is a slow reduction on the CPU)."""
+    """``rows[k]`` for an index array ``k`` (over the first axis, K entries, each broadcast
+    against ``k``; unrolled selects: a gather or an arg-max over the P pairs is a slow
+    reduction on the CPU)."""
     out = jnp.zeros(k.shape, rows.dtype)
     for j in range(rows.shape[0]):
         out = jnp.where(k == j, rows[j], out)
@@ -232,9 +233,8 @@ def first_root_nodes(model, data, interp, on, held, triggered, start_values, end
         hi = jnp.minimum(first_r, K - 1)
         fa = _pick(Vr, lo)
         fb = jnp.where(inside, _pick(Vr, hi), fbound_r)
-        a = _pick(jnp.broadcast_to(nodes.reshape((K,) + (1,) * lo.ndim), Vr.shape), lo)
-        b = jnp.where(inside, _pick(jnp.broadcast_to(
-            nodes.reshape((K,) + (1,) * hi.ndim), Vr.shape), hi), bound)
+        a = _pick(nodes, lo)
+        b = jnp.where(inside, _pick(nodes, hi), bound)
         frac = jnp.clip(fa / jnp.where(fa - fb > 0, fa - fb, 1.0), 0.0, 1.0)
         return jnp.where(ok_r, a + (b - a) * frac, jnp.inf), a, b, fa
 

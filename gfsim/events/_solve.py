@@ -116,9 +116,6 @@ class Setup:
         """The event values of every lane (``first``: the lanes' held rows' first-layer part,
         or None)."""
         m = self.model
-        if first is None:
-            return jax.vmap(lambda th, o, h, d: _functions.values(m, d, th, o, h, slots))(
-                theta, on, held, data)
         return jax.vmap(lambda th, o, h, d, f: _functions.values(m, d, th, o, h, slots, f))(
             theta, on, held, data, first)
 
