@@ -23,8 +23,8 @@ Cases (every one run to where the flow has done its work: a stiff endpoint or t1
 - S-EXP: the exponential loss on separable data (12 points in 3-D, a linear classifier of
   width 4), t1 = 1e20: steps per decade, clock "linear" against "log".
 
-For each: ``solver="tsit5"`` against the default ``solver="auto"`` (under the event solver,
-S-RELU and S-RELU-SLIDE, the opt-in ``gfsim.stiff.Auto(events=True)``) (Tsit5, switching to
+For each: ``solver="tsit5"`` against the default ``solver="auto"`` (``gfsim.stiff.Auto()``, under
+both methods) (Tsit5, switching to
 Kvaerno5 with Newton iterations where stability-limited), the same batch, steady-state time
 (median of repeated calls after the first, compiling, one) and the first call, steps (median and
 max over runs), when the switch happened, and the error at the end against an independent
@@ -48,7 +48,7 @@ import numpy as np
 import gfsim
 from gfsim.bench import workloads
 
-# the event solver's implicit steps are opt-in
+# the default solver="auto", named as the results name it
 EVENTS_AUTO = gfsim.stiff.Auto(events=True)
 
 PROFILES = {"quick": dict(seeds=4, repeats=3), "full": dict(seeds=16, repeats=5)}

@@ -203,20 +203,20 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static, start=None):
         ctrl = eqx.tree_at(lambda c: c.norm, controller, _theta_norm(controller.norm))
 
         def cond1(s, y, args, **kw):
-            hit = y[1][0] >= solver.patience
+            hit = solver.due(y[1], s, S1, wall)
             return (hit | any_rule(s, y[0], args)) if has_rules else hit
 
         sol1 = diffrax.diffeqsolve(
             diffrax.ODETerm(lambda s, y, a: (velocity(s, y[0], a), jnp.zeros_like(y[1]))),
             watched, t0=jnp.zeros_like(t1), t1=S1, dt0=None,
-            y0=(theta0, jnp.zeros((2,), theta0.dtype)), args=data,
+            y0=(theta0, jnp.zeros((3,), theta0.dtype)), args=data,
             saveat=save_at(S_ts), stepsize_controller=ctrl, event=diffrax.Event(cond1),
             max_steps=cfg.method.max_steps, adjoint=adjoint, progress_meter=meter, throw=False)
         s1 = sol1.ts[1][0]
         y1 = sol1.ys[1][0][0]
         stop1 = any_rule(s1, y1, data) if has_rules else jnp.zeros((), bool)
         event1 = sol1.result == diffrax.RESULTS.event_occurred
-        switch = event1 & ~stop1 & (sol1.ys[1][1][0, 0] >= solver.patience) & (s1 < S1)
+        switch = event1 & ~stop1 & solver.due(sol1.ys[1][1][0], s1, S1, wall) & (s1 < S1)
         # the stiffness count may reach its patience on the step that lands on t1: no stop
         result1 = diffrax.RESULTS.where(event1 & ~stop1 & ~switch, diffrax.RESULTS.successful,
                                         sol1.result)
@@ -428,12 +428,12 @@ def simulate(
     - ``loss``: ``"square"`` (default), ``"exponential"`` or ``"logistic"``.
     - ``reduction``: ``"mean"`` (default; torch MSELoss) or ``"sum"`` (1/2 sum for the square
       loss). It rescales time; see :mod:`gfsim.losses`.
-    - ``solver``: ``"auto"`` (default: Tsit5 steps; under ``method="plain"`` a run whose
-      steps become stability-limited, as in the stiff tail near a minimum, switches to an
-      implicit Kvaerno5 with Newton iterations on Hessian-vector products and
-      ``Trajectory.t_stiff`` says when, :mod:`gfsim.stiff`; under ``"events"`` Tsit5, unless
-      ``Auto(events=True)``: then a run that holds no pair on a kink steps implicitly on its
-      frozen pattern until its next event, outside a trace), ``"tsit5"``, ``"dopri5"``,
+    - ``solver``: ``"auto"`` (default: Tsit5 steps; a run whose steps become
+      stability-limited, as in the stiff tail near a minimum, with more than 2000 explicit
+      steps still to go, switches to an implicit Kvaerno5 with Newton iterations on
+      Hessian-vector products and ``Trajectory.t_stiff`` says when, :mod:`gfsim.stiff`; under
+      ``"events"`` a run that holds no pair on a kink steps implicitly on its frozen pattern
+      until its next event, outside a trace), ``"tsit5"``, ``"dopri5"``,
       ``"dopri8"``, ``"kvaerno5"``, ``"bosh3"``, ``"heun"``, a :class:`gfsim.stiff.Auto` or a
       Diffrax solver instance.
     - ``rtol``, ``atol``: PID step-size control tolerances; ``atol`` defaults to ``rtol * 1e-3``.
@@ -569,6 +569,7 @@ def simulate(
         res = _exported.cached_call(_run, args, cfg)
         return res if res is not None else _run(*args, cfg)
 
+    never_stiff = False
     if isinstance(method.solver, _stiff.Auto):
         if not _tracing((net, data, t1, ts, rtol, atol, stops)):
             # outside a trace, the implicit phase is compiled and run only for the runs that
@@ -576,9 +577,10 @@ def simulate(
             cfg = dataclasses.replace(cfg, stiff_phase="explicit")
         elif isinstance(method, Events):
             # inside one, the event solver steps explicitly throughout (its implicit phase is
-            # a continuation the host starts)
+            # a continuation the host starts); its t_stiff says never (NaN), as outside
             cfg = dataclasses.replace(cfg, method=dataclasses.replace(
                 method, solver=method.solver.explicit))
+            never_stiff = True
 
     def call(net, data, cfg):
         ts_, raw = solve(net, data, cfg)
@@ -595,6 +597,10 @@ def simulate(
             method=cfg.method.label() + ("+log" if cfg.log_time else ""),
             lanes=(cfg.method.lanes or runs_) if events else None,
         )
+        if never_stiff:
+            traj = eqx.tree_at(lambda t: t.t_stiff, traj,
+                               jnp.full(traj.status.shape, jnp.nan, traj.t_final.dtype),
+                               is_leaf=lambda x: x is None)
         if events:
             room = cfg.method.max_sliding or _methods.SLIDING_START
             traj = eqx.tree_at(lambda t: t.max_sliding, traj,

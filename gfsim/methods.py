@@ -123,10 +123,11 @@ class Events(AbstractMethod):
 
     **Arguments:**
 
-    - ``solver``: ``"auto"`` (default: Tsit5), ``gfsim.stiff.Auto(events=True)`` (opt-in:
-      Tsit5 steps, and where a run that holds no pair on its kinks has steps that are
-      stability-limited, implicit Kvaerno5 steps on its frozen pattern until its next event;
-      see :mod:`gfsim.stiff`) or an explicit Runge-Kutta solver (``"tsit5"``, ...).
+    - ``solver``: ``"auto"`` (default: Tsit5 steps, and where a run that holds no pair on
+      its kinks has steps that are stability-limited, with more than ``Auto.horizon`` of them
+      still to go, implicit Kvaerno5 steps on its frozen pattern until its next event; see
+      :mod:`gfsim.stiff`; ``gfsim.stiff.Auto(events=False)``: Tsit5 throughout) or an
+      explicit Runge-Kutta solver (``"tsit5"``, ...).
     - ``max_steps``: the step budget per run (default 100,000).
     - ``max_sliding``: how many (unit, point) pairs BELOW THE FIRST HIDDEN LAYER may slide at
       once (their projection costs a backward pass each). ``None`` (the default): start with

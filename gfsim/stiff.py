@@ -10,8 +10,13 @@ stages of Tsitouras' (and Dormand-Prince's) tableau sit at the same time, so
 ``h rho = ||k_7 - k_6|| / ||y_7 - y_6||`` estimates ``h |lambda|`` along the step's stiffest
 direction for free (Hairer & Wanner, Solving ODEs II, IV.2). When it exceeds ``threshold`` of
 the method's real stability boundary on ``patience`` accepted steps (a calm stretch of 6
-steps starts the count again), the run switches to the implicit solver for the rest of its
-time; :attr:`gfsim.Trajectory.t_stiff` records when (NaN: never).
+steps starts the count again), and more than ``horizon`` explicit steps are still to go
+(:func:`steps_to_go`: the time left to t1 over the present step's length), the run switches to
+the implicit solver for the rest of its time; :attr:`gfsim.Trajectory.t_stiff` records when
+(NaN: never). The horizon is the cost rule: a run that turns stiff near its end (the
+reproduction's ReLU runs near their zero-loss ends, t1 = 300: 807 hand-overs, every one with
+fewer than 300 explicit steps left) would pay the implicit program's compile and its dearer
+steps for a few hundred cheap explicit ones; a long stiff tail has thousands to millions.
 
 The implicit solver is Kvaerno's ESDIRK 5(4) (L-stable, stiffly accurate) with full Newton
 iterations: Diffrax's default chord iteration (one Jacobian per step) rejected half its steps on
@@ -24,7 +29,8 @@ on ``I + gamma h H`` once ``h lambda_max`` is large (the S-LSQ benchmark, 240 pa
 dense 1.2 s, GMRES over 10 minutes), so above DENSE_LIMIT parameters ``"auto"`` stays
 explicit (:meth:`Auto.switches`).
 
-Under the event solver (``method="events"``, opt-in: ``Auto(events=True)``) the same watch reads
+Under the event solver (``method="events"``; ``Auto(events=False)`` keeps it explicit) the same
+watch reads
 the unrolled Tsit5 steps of each lane (:func:`h_rho`, :func:`count_stiff`); a lane that holds no
 pair on a kink and has been stiff for ``patience`` steps takes Kvaerno5 steps on its frozen
 pattern's field (smooth between events) until an implicit step's end shows an event: that step
@@ -43,6 +49,11 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import optimistix as optx
+
+# a stiff run switches only while the explicit steps still to go (to t1, at its present step
+# size) are more than this (Auto(horizon=...)): near its end the implicit phase's compile and
+# its dearer steps cost more than the explicit steps they save
+HORIZON = 2000.0
 
 # Newton systems of at most this many unknowns are solved densely (LU); above it, "auto" does
 # not switch (GMRES is opt-in: linear_solver="gmres").
@@ -90,11 +101,14 @@ class Auto(eqx.Module):
       :data:`DENSE_LIMIT` parameters; above it no switch, explicit steps throughout),
       ``"dense"`` (LU at any size) or ``"gmres"`` (matrix-free, slow without a
       preconditioner: see the module's notes).
-    - ``events``: whether runs under the event solver switch too (default False: Tsit5
-      throughout there). Opt in with ``Events(solver=Auto(events=True))``: it pays on long
-      stiff tails off the kinks (605 steps to t = 1e4 where Tsit5 takes 110,374), but on the
-      reproduction's many short ReLU runs the implicit continuation's compile and its costlier
-      steps made ``gfsim reproduce`` take 485 s instead of 214 s.
+    - ``events``: whether runs under the event solver switch too (default True: a lane that
+      holds no pair on a kink steps implicitly on its frozen pattern until its next event;
+      605 steps to t = 1e4 where Tsit5 takes 110,374). False: Tsit5 throughout there.
+    - ``horizon``: a stiff run switches only while more than this many explicit steps are
+      still to go to t1 at its present step size (default :data:`HORIZON` = 2000; 0: as soon
+      as it is stiff). Without it the reproduction's many short ReLU runs, stiff near their
+      zero-loss ends with a few hundred steps left, made ``gfsim reproduce`` take 485 s
+      instead of 214 s under the event solver; with it none of them switches.
     """
 
     explicit: diffrax.AbstractSolver = eqx.field(static=True)
@@ -102,9 +116,10 @@ class Auto(eqx.Module):
     threshold: float = eqx.field(static=True)
     linear_solver: str = eqx.field(static=True)
     events: bool = eqx.field(static=True)
+    horizon: float = eqx.field(static=True)
 
     def __init__(self, explicit=None, patience: int = 15, threshold: float = 0.9,
-                 linear_solver: str = "auto", events: bool = False):
+                 linear_solver: str = "auto", events: bool = True, horizon: float = HORIZON):
         self.explicit = diffrax.Tsit5() if explicit is None else explicit
         if not watchable(self.explicit):
             raise ValueError(
@@ -127,11 +142,17 @@ class Auto(eqx.Module):
         if not isinstance(events, (bool, np.bool_)):
             raise ValueError(f"events={events!r} is not allowed; allowed: True or False.")
         self.events = bool(events)
+        if isinstance(horizon, bool) or not isinstance(horizon, (int, float, np.integer,
+                                                                  np.floating)) \
+                or not 0.0 <= float(horizon) < float("inf"):
+            raise ValueError(
+                f"horizon={horizon!r} is not allowed; allowed: a finite number >= 0.")
+        self.horizon = float(horizon)
 
     def switches(self, kinked: bool, params: int, events: bool = False) -> bool:
         """Whether runs of a net may switch: under ``method="plain"`` not for a kinked
         activation (its plain field jumps at the kinks; under ``"events"`` the field between
-        events is smooth, the frozen pattern's, but they switch only with ``events=True``), and
+        events is smooth, the frozen pattern's: they switch unless ``events=False``), and
         with ``linear_solver="auto"`` not above :data:`DENSE_LIMIT` parameters (GMRES without
         a preconditioner took minutes where dense LU took a second: opt in with
         ``linear_solver="gmres"``)."""
@@ -162,6 +183,13 @@ class Auto(eqx.Module):
         return diffrax.Kvaerno5(root_finder=optx.Newton(
             rtol=rtol, atol=atol + rtol * scale, norm=norm, linear_solver=linear))
 
+    def due(self, counts, t, t1, wall):
+        """Whether a watched plain run at clock time ``t`` switches: stiff for ``patience``
+        steps, with more than ``horizon`` explicit steps still to go (``counts``: the watch's
+        state, see :class:`_Watched`)."""
+        return (counts[0] >= self.patience) & (
+            steps_to_go(t, counts[2], t1, wall) > self.horizon)
+
     def watched(self) -> _Watched:
         boundary = stability_boundary(self.explicit.tableau)
         return _Watched(self.explicit, self.threshold * boundary, self.patience)
@@ -182,8 +210,9 @@ class _Interpolation(diffrax.AbstractLocalInterpolation):
 
 class _Watched(diffrax.AbstractAdaptiveSolver):
     """An explicit solver on the state ``(theta, counts)`` that counts its stiff steps:
-    ``counts = [stiff steps, calm steps since the last stiff one]`` (floats, so they ride
-    along as state). The field of ``counts`` is zero; the step sets them."""
+    ``counts = [stiff steps, calm steps since the last stiff one, the last step's size]``
+    (floats, so they ride along as state). The field of ``counts`` is zero; the step sets
+    them."""
 
     inner: diffrax.AbstractSolver
     limit: float = eqx.field(static=True)  # h rho above this: a stiff step
@@ -215,9 +244,22 @@ class _Watched(diffrax.AbstractAdaptiveSolver):
         th0, aux0 = y0
         th1, err, dense, state, result = self.inner.step(
             self._inner_term(terms, aux0), t0, t1, th0, args, solver_state, made_jump)
-        aux1 = count_stiff(aux0, h_rho(self.inner.tableau, dense["k"]) > self.limit)
+        counts = count_stiff(aux0[:2], h_rho(self.inner.tableau, dense["k"]) > self.limit)
+        # (and this step's size, for the switch's steps_to_go)
+        aux1 = jnp.concatenate([counts, jnp.reshape(t1 - t0, (1,)).astype(counts.dtype)])
         return ((th1, aux1), (err, jnp.zeros_like(aux1)),
                 dict(inner=dense, aux=aux1), state, result)
+
+
+def steps_to_go(t, h, t1, wall=lambda s: s):
+    """How many steps of size ``h`` (on the loop's clock) the run at ``t`` still has to ``t1``
+    if its step size stays stability-limited: the wall time left over the wall length of one
+    such step (``wall``: the loop's clock to t; under log time a step of fixed h covers more
+    wall time later, so the count is that of a fixed wall-time step, as the limit is)."""
+    now = wall(t)
+    step = wall(t + h) - now
+    tiny = jnp.finfo(jnp.result_type(step)).tiny
+    return (wall(t1) - now) / jnp.maximum(step, tiny)
 
 
 def h_rho(tableau, k):

@@ -382,7 +382,7 @@ def test_method_objects_equal_their_strings():
     b = gfsim.simulate(net, data, 1.0, method=Events(max_sliding=4), num_saves=2)
     np.testing.assert_array_equal(np.asarray(a.num_steps), np.asarray(b.num_steps))
     np.testing.assert_array_equal(np.asarray(a.final_loss), np.asarray(b.final_loss))
-    assert a.method == b.method == "gf:tsit5+events"
+    assert a.method == b.method == "gf:auto(tsit5>kvaerno5)+events"
     with pytest.raises(ValueError, match="max_sliding=0 is not allowed"):
         Events(max_sliding=0)
     with pytest.raises(ValueError, match="explicit Runge-Kutta"):

@@ -99,14 +99,16 @@ def test_gradients_through_a_switched_run_match_finite_differences():
     # flow conserves W1 W1^T - W2^T W2, so where on the manifold of minima it ends does), and
     # goes through both phases (the switch time is a discrete choice the trajectory does not
     # depend on, up to the tolerance). Reverse and forward mode.
-    net = NETS[0]
+    # (horizon=0: a switch however few explicit steps are left before t1 = 200)
+    net, eager = NETS[0], Auto(horizon=0)
 
     def end_norm(c, adjoint="reverse"):
         n = gfsim.MLP.from_weights([c * w for w in net.weights], "linear")
-        tr = gfsim.simulate(n, DATA, 200.0, rtol=1e-10, num_saves=2, adjoint=adjoint)
+        tr = gfsim.simulate(n, DATA, 200.0, rtol=1e-10, num_saves=2, adjoint=adjoint,
+                            solver=eager)
         return jnp.sum(tr.final_weights[0] ** 2)
 
-    probe = gfsim.simulate(net, DATA, 200.0, rtol=1e-10, num_saves=2)
+    probe = gfsim.simulate(net, DATA, 200.0, rtol=1e-10, num_saves=2, solver=eager)
     assert float(probe.t_stiff) < 200.0  # the switch happens inside [0, t1]
     g = float(jax.grad(end_norm)(1.0))
     jvp = float(jax.jvp(lambda c: end_norm(c, "forward"), (1.0,), (1.0,))[1])
@@ -285,7 +287,11 @@ def test_bad_stiff_and_clock_arguments_fail_before_tracing(kw, field):
     (dict(patience=2.0), "patience"),
     (dict(threshold=0.0), "threshold"),
     (dict(threshold=1.5), "threshold"),
-    (dict(linear_solver="cg"), "linear_solver"),
+    (dict(linear_solver="lu"), "linear_solver"),
+    (dict(events=1), "events"),
+    (dict(horizon=-1.0), "horizon"),
+    (dict(horizon=float("inf")), "horizon"),
+    (dict(horizon="2000"), "horizon"),
 ])
 def test_auto_arguments(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -318,15 +324,15 @@ POS = gfsim.Dataset(jnp.abs(jax.random.normal(_K[0], (12, 3))) + 0.5,
                     jax.random.normal(_K[1], (12, 2)))
 POS_W = [jnp.abs(jax.random.normal(_K[2], (4, 3))) * 0.5 + 0.3,
          0.3 * jax.random.normal(_K[3], (2, 4))]
-# the event solver's implicit steps are opt-in
-EV_AUTO = Auto(events=True)
+# a solver="auto" that switches however few explicit steps are left before t1 (horizon=0)
+EAGER = Auto(horizon=0)
 POS_LSTSQ = np.linalg.lstsq(np.asarray(POS.X), np.asarray(POS.Y), rcond=None)[0].T
 
 
 @pytest.fixture(scope="module")
 def relu_tail():
     return gfsim.simulate(gfsim.MLP.from_weights(POS_W, "relu"), POS, 1e4, num_saves=8,
-                          rtol=1e-8, solver=EV_AUTO)
+                          rtol=1e-8)
 
 
 def test_events_stiff_tail_steps_implicitly_and_ends_at_least_squares(relu_tail):
@@ -353,8 +359,8 @@ def test_events_stiff_batch_and_refilled_lanes_are_each_run_alone(relu_tail):
     # the runs go through it one after the other and are handed over from the refill record
     ws = [jnp.stack([w, 0.1 * w]) for w in POS_W]
     nets = gfsim.MLP.from_weights(ws, "relu")
-    both = gfsim.simulate(nets, POS, 1e4, num_saves=8, rtol=1e-8, solver=EV_AUTO)
-    one_lane = gfsim.simulate(nets, POS, 1e4, num_saves=8, rtol=1e-8, lanes=1, solver=EV_AUTO)
+    both = gfsim.simulate(nets, POS, 1e4, num_saves=8, rtol=1e-8)
+    one_lane = gfsim.simulate(nets, POS, 1e4, num_saves=8, rtol=1e-8, lanes=1)
     # (a batched Newton solve rounds differently from a single one: a step or two may move)
     assert abs(int(both.num_steps[0]) - int(relu_tail.num_steps)) <= 2
     np.testing.assert_allclose(np.asarray(both.loss[0]), np.asarray(relu_tail.loss), rtol=1e-9)
@@ -371,19 +377,27 @@ def test_events_stiff_batch_and_refilled_lanes_are_each_run_alone(relu_tail):
 
 def test_events_inside_a_trace_step_explicitly():
     # the implicit phase is a continuation the host starts: under jit, Tsit5 throughout (the
-    # same flow to the tolerance; t1 = 200 is past the switch at t ~ 41)
+    # same flow to the tolerance; t1 = 200 is past the switch at t ~ 41), and t_stiff says so
     relu = gfsim.MLP.from_weights(POS_W, "relu")
-    host = gfsim.simulate(relu, POS, 200.0, num_saves=4, rtol=1e-8, solver=EV_AUTO)
+    host = gfsim.simulate(relu, POS, 200.0, num_saves=4, rtol=1e-8, solver=EAGER)
     traced = jax.jit(lambda n: gfsim.simulate(n, POS, 200.0, num_saves=4, rtol=1e-8,
-                                              solver=EV_AUTO))(relu)
-    assert np.isfinite(float(host.t_stiff)) and traced.t_stiff is None
+                                              solver=EAGER))(relu)
+    assert np.isfinite(float(host.t_stiff)) and np.isnan(float(traced.t_stiff))
     assert traced.method == "gf:tsit5+events"
-    # and the default ("auto") under the event solver is Tsit5 throughout: opt-in only
-    default = gfsim.simulate(relu, POS, 200.0, num_saves=4, rtol=1e-8)
-    assert default.method == "gf:tsit5+events" and default.t_stiff is None
-    assert int(default.num_steps) == int(traced.num_steps)
     assert int(traced.num_steps) > int(host.num_steps)
     np.testing.assert_allclose(np.asarray(host.loss), np.asarray(traced.loss), rtol=1e-6)
+
+
+def test_events_default_switches_only_with_enough_explicit_steps_to_go(relu_tail):
+    # by default a stiff run switches only while more than Auto.horizon explicit steps are
+    # left to t1: this one does to t1 = 1e4 (relu_tail), and not to t1 = 200, where it ends
+    # with Tsit5's steps (a switch at t ~ 41 would have saved fewer than that)
+    relu = gfsim.MLP.from_weights(POS_W, "relu")
+    short = gfsim.simulate(relu, POS, 200.0, num_saves=4, rtol=1e-8)
+    traced = jax.jit(lambda n: gfsim.simulate(n, POS, 200.0, num_saves=4, rtol=1e-8))(relu)
+    assert short.method == "gf:auto(tsit5>kvaerno5)+events" and np.isnan(float(short.t_stiff))
+    assert int(short.num_steps) == int(traced.num_steps)
+    assert np.isfinite(float(relu_tail.t_stiff))
 
 
 def test_events_step_budget_is_the_runs_across_both_phases(relu_tail):
@@ -391,7 +405,7 @@ def test_events_step_budget_is_the_runs_across_both_phases(relu_tail):
     # phase's steps
     budget = int(relu_tail.num_steps) - 50
     tr = gfsim.simulate(gfsim.MLP.from_weights(POS_W, "relu"), POS, 1e4, num_saves=8,
-                        rtol=1e-8, max_steps=budget, solver=EV_AUTO)
+                        rtol=1e-8, max_steps=budget)
     assert np.isfinite(float(tr.t_stiff))  # the budget ran out in the implicit phase
     assert tr.status_labels() == "max_steps" and int(tr.num_steps) == budget
 
@@ -436,7 +450,7 @@ def test_events_after_the_switch_are_located_as_accurately_as_by_explicit_steps(
     net = gfsim.MLP.from_weights([0.6 * jax.random.normal(k[2], (16, 4, 3))[15],
                                   0.6 * jax.random.normal(k[3], (16, 2, 4))[15]], "relu")
     ts = np.array([0.0, 300.0, 450.0, 550.0, 700.0, 1000.0])
-    tr = gfsim.simulate(net, data, 1e3, ts=ts, rtol=1e-8, solver=EV_AUTO)
+    tr = gfsim.simulate(net, data, 1e3, ts=ts, rtol=1e-8)
     ref = gfsim.simulate(net, data, 1e3, ts=ts, rtol=1e-11, solver="tsit5")
     t_stiff = float(tr.t_stiff)
     assert 0 < t_stiff < 450

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from .. import methods
 from .._result import RawResult, final_status
-from ..stiff import Auto, count_stiff, stability_boundary
+from ..stiff import Auto, count_stiff, stability_boundary, steps_to_go
 from ..trajectory import Status
 from . import _control, _decide, _functions, _locate, _refill, _saves, _sliding, _step
 from ._model import FrozenPattern, flatten
@@ -411,7 +411,8 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         # them can take without moving free pairs across theirs (measured: a sliding tail
         # took 23,418 crossings where explicit steps took 176)
         due = (~new.done & ~new.implicit & (new.watch[:, 0] >= setup.auto.patience)
-               & ~jnp.any(new.held, axis=1))
+               & ~jnp.any(new.held, axis=1)
+               & (steps_to_go(new.t, new.h, setup.t1, setup.wall) > setup.auto.horizon))
         if setup.implicit_steps:
             new = new.replace(implicit=new.implicit | due,
                               watch=jnp.where(due[:, None], 0.0, new.watch))
