@@ -7,12 +7,9 @@ Cases (every one run to where the flow has done its work: a stiff endpoint or t1
 
 - S-LSQ: depth-2 linear nets on targets they cannot fit (n = 50 points in 10-D, 5 outputs,
   width 16, Gaussian init, mean loss; the end is the least-squares map), t1 = 1e4, rtol 1e-8.
-- W-D to its stiff endpoint (``--cases wd``, not in the default run): the W-D workload of
-  gfsim.bench (deep linear 30x30 matrix completion, depth 3, N(0, 1e-3^2) init, sum loss on the
-  observed entries), t1 = 3e4 instead of W-D's 3000. Its 2700 parameters are above
-  gfsim.stiff.DENSE_LIMIT, so ``"auto"`` stays explicit there: the case compares Tsit5 with
-  itself until the matrix-free Newton systems are fast (its Tsit5 reference at rtol 1e-11 did
-  not finish in 10 minutes on the 2-core CPU).
+- W-D to its stiff endpoint: the W-D workload of gfsim.bench (deep linear
+  30x30 matrix completion, depth 3, N(0, 1e-3^2) init, sum loss on the observed entries), t1 =
+  3e4 instead of W-D's 3000; 2700 parameters, the Newton systems solved matrix-free (CG).
 - S-RELU: the event solver on a stiff tail: depth-2 ReLU nets 10 -> 16 -> 5 on 50 points in
   the positive orthant with targets they cannot fit, first-layer weights positive, so every
   unit stays active (no event; the flow is the linear net's and ends at the least-squares
@@ -47,9 +44,6 @@ import numpy as np
 
 import gfsim
 from gfsim.bench import workloads
-
-# the default solver="auto", named as the results name it
-EVENTS_AUTO = gfsim.stiff.Auto(events=True)
 
 PROFILES = {"quick": dict(seeds=4, repeats=3), "full": dict(seeds=16, repeats=5)}
 
@@ -124,7 +118,7 @@ def case_relu(seeds, repeats):
     nets = gfsim.MLP.from_weights(ws, "relu")
     W = np.linalg.lstsq(np.asarray(X), np.asarray(Y), rcond=None)[0].T
     out = []
-    for name, solver in (("tsit5", "tsit5"), ("Auto(events=True)", EVENTS_AUTO)):
+    for name, solver in (("tsit5", "tsit5"), ("auto", "auto")):
         tr, first, steady = timed(lambda s=solver: gfsim.simulate(
             nets, data, 1e4, rtol=1e-8, solver=s, num_saves=8, max_steps=400_000), repeats)
         err = rel(e2e(tr.final_weights), np.broadcast_to(W, (seeds,) + W.shape))
@@ -140,7 +134,7 @@ def case_slide(repeats):
     data = gfsim.Dataset(jnp.concatenate([base.X, base.X[:4]]),
                          jnp.concatenate([base.Y, -base.Y[:4]]))
     out = []
-    for name, solver in (("tsit5", "tsit5"), ("Auto(events=True)", EVENTS_AUTO)):
+    for name, solver in (("tsit5", "tsit5"), ("auto", "auto")):
         tr, first, steady = timed(lambda s=solver: gfsim.simulate(
             net, data, 1e4, solver=s, num_saves=8, max_steps=400_000), repeats)
         r = row("S-RELU-SLIDE", name, tr, first, steady,
@@ -204,7 +198,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     ap.add_argument("--out", default=None)
-    ap.add_argument("--cases", nargs="+", default=["lsq", "relu", "exp"],
+    ap.add_argument("--cases", nargs="+", default=["lsq", "relu", "exp", "wd"],
                     choices=["lsq", "relu", "slide", "exp", "wd"])
     args = ap.parse_args(argv)
     p = PROFILES[args.profile]

@@ -159,7 +159,7 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static, start=None):
             if isinstance(adjoint, diffrax.RecursiveCheckpointAdjoint) else None)
 
     def _implicit(y_switch):
-        implicit = solver.implicit(theta0.shape[0], controller.rtol, controller.atol,
+        implicit = solver.implicit(controller.rtol, controller.atol,
                                    controller.norm, scale=jnp.max(jnp.abs(y_switch)))
         return implicit if kind is None else _with_scan_kind(implicit, kind)
 
@@ -516,10 +516,9 @@ def simulate(
     _check_save_rule(num_saves, decades)
     runs = net.runs or data.runs or 1
     if isinstance(method.solver, _stiff.Auto) and not method.solver.switches(
-            net.activation_fn.has_kink, net.num_params, events=isinstance(method, Events)):
+            net.activation_fn.has_kink, events=isinstance(method, Events)):
         # the plain field of a kinked activation jumps at every kink (the stiffness watch would
-        # read the chatter there as stiffness, and Newton needs a smooth field); above
-        # DENSE_LIMIT parameters the matrix-free Newton systems are not fast enough yet
+        # read the chatter there as stiffness, and Newton needs a smooth field)
         method = dataclasses.replace(method, solver=method.solver.explicit)
     if isinstance(method, Events):
         if not net.activation_fn.has_kink:

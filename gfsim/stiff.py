@@ -21,13 +21,16 @@ steps for a few hundred cheap explicit ones; a long stiff tail has thousands to 
 The implicit solver is Kvaerno's ESDIRK 5(4) (L-stable, stiffly accurate) with full Newton
 iterations: Diffrax's default chord iteration (one Jacobian per step) rejected half its steps on
 that linear net (1268 steps, 650 rejected), Newton 122 steps, 2 rejected. The Newton systems
-``(I + gamma h H) dk = r`` are solved densely (LU of the materialised Jacobian, one
-Hessian-vector product per parameter) up to :data:`DENSE_LIMIT` parameters. Matrix-free GMRES
-(lineax; one Hessian-vector product, ``jax.jvp`` of the gradient, per iteration) is there with
-``linear_solver="gmres"`` but not yet fast: without a preconditioner it needs many iterations
-on ``I + gamma h H`` once ``h lambda_max`` is large (the S-LSQ benchmark, 240 parameters:
-dense 1.2 s, GMRES over 10 minutes), so above DENSE_LIMIT parameters ``"auto"`` stays
-explicit (:meth:`Auto.switches`).
+``(I + gamma h H) dk = r`` are solved matrix-free by conjugate gradients (:class:`SymmetricCG`:
+the field's Jacobian is minus the loss Hessian, so the system is symmetric, and positive
+definite near a minimum), one Hessian-vector product (a tangent of the linearised gradient)
+per iteration and no materialised Jacobian, so the cost scales with the net, not with its
+square. Measured (benchmarks/stiff.py): on S-LSQ (240 parameters) the same 149 median steps
+as dense LU in 0.13 s against 1.19 s steady; on W-D to its stiff endpoint (2700 parameters,
+where dense LU would build a 2700 x 2700 Jacobian per Newton iteration) 517 median steps where
+Tsit5 takes 8,780. ``linear_solver="dense"`` (LU) and ``"gmres"`` (restarted GMRES: without a
+preconditioner it stalled on ``I + gamma h H`` once ``h lambda_max`` is large, S-LSQ over
+10 minutes) remain to choose.
 
 Under the event solver (``method="events"``; ``Auto(events=False)`` keeps it explicit) the same
 watch reads
@@ -55,11 +58,42 @@ import optimistix as optx
 # its dearer steps cost more than the explicit steps they save
 HORIZON = 2000.0
 
-# Newton systems of at most this many unknowns are solved densely (LU); above it, "auto" does
-# not switch (GMRES is opt-in: linear_solver="gmres").
-DENSE_LIMIT = 400
+LINEAR_SOLVERS = ("auto", "cg", "dense", "gmres")
+# conjugate gradients on the Newton systems: relative tolerance (at least 100 eps) and step
+# budget (a solve that runs out fails its Newton iteration: the step is retried smaller). On
+# W-D (2 seeds, t1 = 3e4) CG rtol 1e-5 and 1e-10 gave the same steps and results.
+CG_RTOL = 1e-8
+CG_MAX_STEPS = 1000
 
-LINEAR_SOLVERS = ("auto", "dense", "gmres")
+
+class SymmetricCG(lx.AbstractLinearSolver):
+    """Conjugate gradients on the implicit stages' Newton systems ``(I + gamma h H) dk = r``.
+
+    The gradient flow's field is ``-grad L``, so its Jacobian is minus the loss Hessian: the
+    system is symmetric, and positive definite wherever ``H > -1 / (gamma h)`` (near a minimum,
+    always). Diffrax's root find does not tag its operator (lineax's CG wants the tag), so this
+    tags it and runs :class:`lineax.CG`: one Hessian-vector product (a tangent of the
+    linearised gradient) per iteration, no materialised Jacobian. An indefinite system (a large
+    step near a saddle) may fail to converge: Newton fails, the step is rejected and retried
+    smaller, where the system is definite again."""
+
+    cg: lx.CG
+
+    def init(self, operator, options):
+        return self.cg.init(lx.TaggedLinearOperator(operator, lx.positive_semidefinite_tag),
+                            options)
+
+    def compute(self, state, vector, options):
+        return self.cg.compute(state, vector, options)
+
+    def transpose(self, state, options):
+        return self.cg.transpose(state, options)
+
+    def conj(self, state, options):
+        return self.cg.conj(state, options)
+
+    def assume_full_rank(self):
+        return self.cg.assume_full_rank()
 
 
 def stability_boundary(tableau) -> float:
@@ -97,10 +131,10 @@ class Auto(eqx.Module):
     - ``patience``: accepted stiff steps before the switch (default 15, Hairer's choice).
     - ``threshold``: the share of the explicit method's stability boundary that ``h rho``
       must exceed for a step to count as stiff (default 0.9).
-    - ``linear_solver``: the Newton systems' solver: ``"auto"`` (default: dense LU up to
-      :data:`DENSE_LIMIT` parameters; above it no switch, explicit steps throughout),
-      ``"dense"`` (LU at any size) or ``"gmres"`` (matrix-free, slow without a
-      preconditioner: see the module's notes).
+    - ``linear_solver``: the Newton systems' solver: ``"auto"`` (default) or ``"cg"``:
+      matrix-free conjugate gradients (:class:`SymmetricCG`); ``"dense"``: LU of the
+      materialised Jacobian (one Hessian-vector product per parameter); ``"gmres"``:
+      matrix-free restarted GMRES (slow without a preconditioner: see the module's notes).
     - ``events``: whether runs under the event solver switch too (default True: a lane that
       holds no pair on a kink steps implicitly on its frozen pattern until its next event;
       605 steps to t = 1e4 where Tsit5 takes 110,374). False: Tsit5 throughout there.
@@ -149,34 +183,32 @@ class Auto(eqx.Module):
                 f"horizon={horizon!r} is not allowed; allowed: a finite number >= 0.")
         self.horizon = float(horizon)
 
-    def switches(self, kinked: bool, params: int, events: bool = False) -> bool:
+    def switches(self, kinked: bool, events: bool = False) -> bool:
         """Whether runs of a net may switch: under ``method="plain"`` not for a kinked
         activation (its plain field jumps at the kinks; under ``"events"`` the field between
-        events is smooth, the frozen pattern's: they switch unless ``events=False``), and
-        with ``linear_solver="auto"`` not above :data:`DENSE_LIMIT` parameters (GMRES without
-        a preconditioner took minutes where dense LU took a second: opt in with
-        ``linear_solver="gmres"``)."""
+        events is smooth, the frozen pattern's: they switch unless ``events=False``)."""
         if kinked and not events:
             return False
-        if events and not self.events:
-            return False
-        return self.linear_solver != "auto" or params <= DENSE_LIMIT
+        return self.events or not events
 
     def name(self) -> str:
         return f"auto({type(self.explicit).__name__.lower()}>kvaerno5)"
 
-    def implicit(self, params: int, rtol, atol, norm, scale=1.0) -> diffrax.AbstractSolver:
+    def implicit(self, rtol, atol, norm, scale=1.0) -> diffrax.AbstractSolver:
         """Kvaerno5 with Newton iterations at the step's own tolerances (traced values).
         ``scale``: the size of the state where the implicit steps start: Newton's residual
         test is absolute (optimistix ignores rtol there), so its atol is ``atol + rtol *
         scale``, the step controller's tolerance at that size (a fixed atol cannot be met by
         the round-off of a large field: weights of size 1e3 rejected 11,788 of 20,117 steps)."""
-        dense = self.linear_solver == "dense" or (
-            self.linear_solver == "auto" and params <= DENSE_LIMIT)
         eps = float(jnp.finfo(jnp.result_type(rtol)).eps)
-        linear = lx.AutoLinearSolver(well_posed=None) if dense else lx.GMRES(
-            rtol=max(1e-8, 100 * eps), atol=1e-30, restart=40, stagnation_iters=40,
-            max_steps=400)
+        if self.linear_solver == "dense":
+            linear = lx.AutoLinearSolver(well_posed=None)
+        elif self.linear_solver == "gmres":
+            linear = lx.GMRES(rtol=max(1e-8, 100 * eps), atol=1e-30, restart=40,
+                              stagnation_iters=40, max_steps=400)
+        else:
+            linear = SymmetricCG(lx.CG(rtol=max(CG_RTOL, 100 * eps), atol=1e-30,
+                                       max_steps=CG_MAX_STEPS))
         # (Newton's Cauchy termination: successive iterates within the tolerance. Its
         # rate-based alternative, cauchy_termination=False, failed fast so often on the
         # unfittable linear case that it took 1219 steps, 624 rejected, against 180 and 14.)

@@ -51,6 +51,31 @@ def test_unfittable_target_switches_to_implicit_and_ends_at_least_squares(unfitt
     np.testing.assert_allclose(np.asarray(tr.final_loss), L_LSTSQ, rtol=1e-10)
 
 
+def test_newton_systems_by_conjugate_gradients_match_dense_lu(unfittable):
+    # the default solves the implicit stages' Newton systems matrix-free (CG on I + gamma h H);
+    # dense LU of the materialised Jacobian takes the same steps to the same end
+    lu = gfsim.simulate(NETS, DATA, 1e4, rtol=1e-8, solver=Auto(linear_solver="dense"))
+    assert np.abs(np.asarray(lu.num_steps) - np.asarray(unfittable.num_steps)).max() <= 2
+    np.testing.assert_allclose(e2e(lu), e2e(unfittable), atol=1e-10)
+    np.testing.assert_allclose(np.asarray(lu.t_stiff), np.asarray(unfittable.t_stiff),
+                               rtol=1e-6)
+
+
+def test_a_net_of_many_parameters_switches_too():
+    # matrix-free Newton systems: no size limit on the switch (a net of 1,120 parameters, which
+    # no longer stays explicit), and the end is the least-squares map
+    k = jax.random.split(jax.random.key(5), 3)
+    X, Y = jax.random.normal(k[0], (60, 20)), jax.random.normal(k[1], (60, 8))
+    net = gfsim.MLP((20, 40, 8), activation="linear", key=k[2])
+    assert net.num_params == 1120
+    tr = gfsim.simulate(net, gfsim.Dataset(X, Y), 1e4, rtol=1e-8, num_saves=2)
+    assert tr.method == "gf:auto(tsit5>kvaerno5)" and np.isfinite(float(tr.t_stiff))
+    assert tr.status_labels() == "reached_t1" and int(tr.num_steps) <= 400, int(tr.num_steps)
+    W = np.linalg.lstsq(np.asarray(X), np.asarray(Y), rcond=None)[0].T
+    err = np.abs(np.asarray(tr.final_weights[1] @ tr.final_weights[0]) - W).max()
+    assert err < 1e-8 * np.abs(W).max(), err
+
+
 def test_the_explicit_solver_alone_is_stability_limited_there(unfittable):
     # the same runs on Tsit5 throughout: the same end, at many times the steps (the tail is
     # stiff: what the switch is for)

@@ -110,7 +110,7 @@ def attempt_implicit(setup, data, y, t, h, on, held, jump, fsal, save_index):
     clocked = _clock(setup)
     term = diffrax.ODETerm(
         lambda t_, y_, a: clocked(t_, _sliding.field(model, data, y_, on, held, 0)[0]))
-    solver = setup.auto.implicit(y.shape[0], setup.rtol, setup.atol, setup.controller.norm,
+    solver = setup.auto.implicit(setup.rtol, setup.atol, setup.controller.norm,
                                  scale=jnp.max(jnp.abs(y)))
     solver = eqx.tree_at(lambda s: s.scan_kind, solver, setup.implicit_scan_kind,
                          is_leaf=lambda x: x is None)
