@@ -203,7 +203,7 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static, start=None):
         ctrl = eqx.tree_at(lambda c: c.norm, controller, _theta_norm(controller.norm))
 
         def cond1(s, y, args, **kw):
-            hit = solver.due(y[1], s, S1, wall)
+            hit = solver.due(y[1], s, S1)
             return (hit | any_rule(s, y[0], args)) if has_rules else hit
 
         sol1 = diffrax.diffeqsolve(
@@ -216,7 +216,7 @@ def _solve_one(net, data, t1, ts, rtol, atol, stops, cfg: _Static, start=None):
         y1 = sol1.ys[1][0][0]
         stop1 = any_rule(s1, y1, data) if has_rules else jnp.zeros((), bool)
         event1 = sol1.result == diffrax.RESULTS.event_occurred
-        switch = event1 & ~stop1 & solver.due(sol1.ys[1][1][0], s1, S1, wall) & (s1 < S1)
+        switch = event1 & ~stop1 & solver.due(sol1.ys[1][1][0], s1, S1) & (s1 < S1)
         # the stiffness count may reach its patience on the step that lands on t1: no stop
         result1 = diffrax.RESULTS.where(event1 & ~stop1 & ~switch, diffrax.RESULTS.successful,
                                         sol1.result)

@@ -25,12 +25,13 @@ that linear net (1268 steps, 650 rejected), Newton 122 steps, 2 rejected. The Ne
 the field's Jacobian is minus the loss Hessian, so the system is symmetric, and positive
 definite near a minimum), one Hessian-vector product (a tangent of the linearised gradient)
 per iteration and no materialised Jacobian, so the cost scales with the net, not with its
-square. Measured (benchmarks/stiff.py): on S-LSQ (240 parameters) the same 149 median steps
-as dense LU in 0.13 s against 1.19 s steady; on W-D to its stiff endpoint (2700 parameters,
-where dense LU would build a 2700 x 2700 Jacobian per Newton iteration) 517 median steps where
-Tsit5 takes 8,780. ``linear_solver="dense"`` (LU) and ``"gmres"`` (restarted GMRES: without a
-preconditioner it stalled on ``I + gamma h H`` once ``h lambda_max`` is large, S-LSQ over
-10 minutes) remain to choose.
+square (the forward solve: under reverse mode optimistix's implicit adjoint solves the
+transposed systems densely). Measured (benchmarks/stiff.py): on S-LSQ (240 parameters) the
+same 149 median steps as dense LU in 0.126 s against 0.98 s steady; on W-D to its stiff
+endpoint (2700 parameters, where dense LU would build a 2700 x 2700 Jacobian per Newton
+iteration) 517 median steps where Tsit5 takes 8,780. ``linear_solver="dense"`` (LU) and
+``"gmres"`` (restarted GMRES: without a preconditioner it stalled on ``I + gamma h H`` once
+``h lambda_max`` is large, S-LSQ over 10 minutes) remain to choose.
 
 Under the event solver (``method="events"``; ``Auto(events=False)`` keeps it explicit) the same
 watch reads
@@ -59,7 +60,8 @@ import optimistix as optx
 HORIZON = 2000.0
 
 LINEAR_SOLVERS = ("auto", "cg", "dense", "gmres")
-# conjugate gradients on the Newton systems: relative tolerance (at least 100 eps) and step
+# conjugate gradients on the Newton systems: tolerance (at least 100 eps; relative to each
+# entry of the right-hand side and to its largest, see SymmetricCG.compute) and step
 # budget (a solve that runs out fails its Newton iteration: the step is retried smaller). On
 # W-D (2 seeds, t1 = 3e4) CG rtol 1e-5 and 1e-10 gave the same steps and results.
 CG_RTOL = 1e-8
@@ -84,7 +86,15 @@ class SymmetricCG(lx.AbstractLinearSolver):
                             options)
 
     def compute(self, state, vector, options):
-        return self.cg.compute(state, vector, options)
+        # lineax's CG tests each entry of the residual against atol + rtol |b_i|: an entry of
+        # b near zero (a near-dead unit's parameters) would have to be met to atol alone. The
+        # system is solved for b / max|b| instead, so atol is relative to b's largest entry.
+        big = jnp.max(jnp.stack([jnp.max(jnp.abs(v)) for v in jax.tree_util.tree_leaves(
+            vector)]))
+        big = jnp.where(big > 0, big, 1.0)
+        sol, result, stats = self.cg.compute(
+            state, jax.tree_util.tree_map(lambda v: v / big, vector), options)
+        return jax.tree_util.tree_map(lambda v: v * big, sol), result, stats
 
     def transpose(self, state, options):
         return self.cg.transpose(state, options)
@@ -207,20 +217,20 @@ class Auto(eqx.Module):
             linear = lx.GMRES(rtol=max(1e-8, 100 * eps), atol=1e-30, restart=40,
                               stagnation_iters=40, max_steps=400)
         else:
-            linear = SymmetricCG(lx.CG(rtol=max(CG_RTOL, 100 * eps), atol=1e-30,
-                                       max_steps=CG_MAX_STEPS))
+            tol = max(CG_RTOL, 100 * eps)
+            linear = SymmetricCG(lx.CG(rtol=tol, atol=tol, max_steps=CG_MAX_STEPS))
         # (Newton's Cauchy termination: successive iterates within the tolerance. Its
         # rate-based alternative, cauchy_termination=False, failed fast so often on the
         # unfittable linear case that it took 1219 steps, 624 rejected, against 180 and 14.)
         return diffrax.Kvaerno5(root_finder=optx.Newton(
             rtol=rtol, atol=atol + rtol * scale, norm=norm, linear_solver=linear))
 
-    def due(self, counts, t, t1, wall):
+    def due(self, counts, t, t1):
         """Whether a watched plain run at clock time ``t`` switches: stiff for ``patience``
         steps, with more than ``horizon`` explicit steps still to go (``counts``: the watch's
         state, see :class:`_Watched`)."""
         return (counts[0] >= self.patience) & (
-            steps_to_go(t, counts[2], t1, wall) > self.horizon)
+            steps_to_go(t, counts[2], t1) > self.horizon)
 
     def watched(self) -> _Watched:
         boundary = stability_boundary(self.explicit.tableau)
@@ -283,15 +293,15 @@ class _Watched(diffrax.AbstractAdaptiveSolver):
                 dict(inner=dense, aux=aux1), state, result)
 
 
-def steps_to_go(t, h, t1, wall=lambda s: s):
-    """How many steps of size ``h`` (on the loop's clock) the run at ``t`` still has to ``t1``
-    if its step size stays stability-limited: the wall time left over the wall length of one
-    such step (``wall``: the loop's clock to t; under log time a step of fixed h covers more
-    wall time later, so the count is that of a fixed wall-time step, as the limit is)."""
-    now = wall(t)
-    step = wall(t + h) - now
-    tiny = jnp.finfo(jnp.result_type(step)).tiny
-    return (wall(t1) - now) / jnp.maximum(step, tiny)
+def steps_to_go(t, h, t1):
+    """How many steps like its present one the run at ``t`` still has to ``t1``: ``(t1 - t) /
+    h`` on the loop's clock. Under log time (s = log(1 + t)) that counts steps of a fixed length
+    in s, as the exponential loss's tail allows (its Hessian decays like 1/t); a constant
+    Hessian's stability limit would make the s-steps shrink, so there the count is a lower
+    bound (steps of a fixed wall-time length are always at least as many), and a run is never
+    switched for steps it may not need."""
+    tiny = jnp.finfo(jnp.result_type(t, h)).tiny
+    return (t1 - t) / jnp.maximum(h, tiny)
 
 
 def h_rho(tableau, k):

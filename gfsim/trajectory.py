@@ -49,9 +49,10 @@ class Trajectory(eqx.Module):
       layer, or None.
     - ``loss_name``, ``reduction``, ``activation``, ``method``: how it was run (recorded so a
       result is never separated from its time convention).
-    - ``t_stiff``: under ``solver="auto"`` (the default of ``method="plain"``), the time the
-      run switched from explicit to implicit steps (its explicit steps were stability-limited,
-      :mod:`gfsim.stiff`); NaN for a run that never switched; None for other solvers.
+    - ``t_stiff``: under ``solver="auto"`` (the default, either method), the time the run
+      switched from explicit to implicit steps (its explicit steps were stability-limited,
+      :mod:`gfsim.stiff`; under ``"events"`` its first switch); NaN for a run that never
+      switched (and for an events run inside a trace); None for other solvers.
     - ``loop_steps``, ``lanes``: for the event-driven solver, the iterations of its loop and how
       many runs it advanced at once (see ``simulate(..., lanes=...)``); None otherwise.
     """

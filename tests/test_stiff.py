@@ -135,6 +135,10 @@ def test_gradients_through_a_switched_run_match_finite_differences():
 
     probe = gfsim.simulate(net, DATA, 200.0, rtol=1e-10, num_saves=2, solver=eager)
     assert float(probe.t_stiff) < 200.0  # the switch happens inside [0, t1]
+    # (by default it does not: fewer than Auto.horizon explicit steps are left at t ~ 56)
+    default = gfsim.simulate(net, DATA, 200.0, rtol=1e-10, num_saves=2)
+    assert np.isnan(float(default.t_stiff)) and int(default.num_steps) > int(probe.num_steps)
+    np.testing.assert_allclose(e2e(default), e2e(probe), atol=1e-8)
     g = float(jax.grad(end_norm)(1.0))
     jvp = float(jax.jvp(lambda c: end_norm(c, "forward"), (1.0,), (1.0,))[1])
     eps = 1e-4
@@ -289,6 +293,19 @@ def test_plateau_rule_lets_a_small_init_escape_and_never_stops_a_1_over_t_decay(
 
 # -- arguments ---------------------------------------------------------------------------------
 
+def test_steps_to_go_counts_steps_like_the_present_one():
+    from gfsim.stiff import steps_to_go
+    assert float(steps_to_go(2.0, 0.5, 10.0)) == pytest.approx(16.0)
+    assert float(steps_to_go(10.0, 0.5, 10.0)) == 0.0
+    assert float(steps_to_go(0.0, 0.0, 10.0)) > 1e300  # (a zero step: huge or inf, not NaN)
+    # under the log clock, in s = log(1 + t): steps of a fixed wall-time length would be at
+    # least as many (a lower bound, so no switch for steps a run may not need)
+    s, h, s1 = np.log1p(1e3), 0.5, np.log1p(1e20)
+    in_s = float(steps_to_go(s, h, s1))
+    assert in_s == pytest.approx((s1 - s) / h)
+    assert in_s < (1e20 - 1e3) / (np.expm1(s + h) - 1e3)
+
+
 @pytest.mark.parametrize("kw, field", [
     (dict(stop_plateau=0.0), "stop_plateau"),
     (dict(stop_plateau=-1.0), "stop_plateau"),
@@ -422,6 +439,9 @@ def test_events_default_switches_only_with_enough_explicit_steps_to_go(relu_tail
     traced = jax.jit(lambda n: gfsim.simulate(n, POS, 200.0, num_saves=4, rtol=1e-8))(relu)
     assert short.method == "gf:auto(tsit5>kvaerno5)+events" and np.isnan(float(short.t_stiff))
     assert int(short.num_steps) == int(traced.num_steps)
+    # (it is stiff there: without the horizon it switches)
+    eager = gfsim.simulate(relu, POS, 200.0, num_saves=4, rtol=1e-8, solver=EAGER)
+    assert 0 < float(eager.t_stiff) < 200.0
     assert np.isfinite(float(relu_tail.t_stiff))
 
 

@@ -412,7 +412,7 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         # took 23,418 crossings where explicit steps took 176)
         due = (~new.done & ~new.implicit & (new.watch[:, 0] >= setup.auto.patience)
                & ~jnp.any(new.held, axis=1)
-               & (steps_to_go(new.t, new.h, setup.t1, setup.wall) > setup.auto.horizon))
+               & (steps_to_go(new.t, new.h, setup.t1) > setup.auto.horizon))
         if setup.implicit_steps:
             new = new.replace(implicit=new.implicit | due,
                               watch=jnp.where(due[:, None], 0.0, new.watch))
