@@ -83,7 +83,7 @@ def reproduce(profile, out, only, no_progress, workers, resume):
 @click.option("--full", "profile", flag_value="full",
               help="The protocol's sizes (docs/benchmarks.md).")
 @click.option("--only", "only", multiple=True, metavar="NAME",
-              help="Run only this workload: W-A, W-B, W-C or W-D (repeatable).")
+              help="Run only this workload: W-A, W-B, W-C, W-D or W-E (repeatable).")
 @click.option("--out", default="gfsim-bench", show_default=True,
               help="Directory for bench.json, bench.md and the plots.")
 @click.option("--repeats", default=3, show_default=True, type=int, metavar="N",
@@ -93,7 +93,7 @@ def reproduce(profile, out, only, no_progress, workers, resume):
               help="Leave out a baseline (repeatable).")
 def bench(profile, only, out, repeats, skip):
     """Run the benchmark suite: gfsim against hand-written Diffrax, GD in JAX and PyTorch, and
-    scipy, on workloads W-A..W-D; write every figure, a Markdown table and plots to --out."""
+    scipy, on workloads W-A..W-E; write every figure, a Markdown table and plots to --out."""
     from .bench import check_options, run_suite
 
     try:

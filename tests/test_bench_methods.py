@@ -12,7 +12,7 @@ import gfsim
 from gfsim.bench import measure
 from gfsim.bench import methods as M
 from gfsim.bench.problem import hand_loss
-from gfsim.bench.workloads import problem_a, workload_d
+from gfsim.bench.workloads import problem_a, workload_d, workload_e
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS, T1 = 4, 30.0
@@ -51,6 +51,37 @@ def test_hand_loss_masked_sum():
                         reduction="sum"))
     b = float(gfsim.objective(p.net[1], d, "square", "sum"))
     assert a == pytest.approx(b, rel=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_hand_exponential_loss_matches_gfsim(reduction):
+    # W-E's exponential problems: the baselines' hand-written loss is gfsim's exp(-y f)
+    p = next(q for q in workload_e("tiny") if q.loss == "exponential")
+    theta = measure.flat_init(p.net.weights)
+    for i in range(p.runs):
+        d = p.run_data(i)
+        a = float(hand_loss(theta[i], d.X, d.Y, None, widths=p.widths, activation="relu",
+                            reduction=reduction, loss="exponential"))
+        b = float(gfsim.objective(p.net[i], d, "exponential", reduction))
+        assert a == pytest.approx(b, rel=1e-12)
+    with pytest.raises(ValueError, match="loss='logistic'"):
+        hand_loss(theta[0], d.X, d.Y, None, widths=p.widths, activation="relu",
+                  reduction="mean", loss="logistic")
+
+
+def test_authors_scale_workload_keeps_its_physics():
+    # ../shared/benchmarks.md, W-E: n = 1000, d = 10, width 64, depths 2, 4, 8, 32 seeds, both
+    # losses; a quick size may cut seeds and depths, never n below 256
+    full, quick = workload_e("full"), workload_e("quick")
+    assert {(p.net.depth, p.loss) for p in full} == {
+        (k, loss) for k in (2, 4, 8) for loss in ("square", "exponential")}
+    for p in full + quick:
+        assert p.data.X.shape[-1] == 10 and p.net.widths[1:-1] == (64,) * (p.net.depth - 1)
+        assert set(np.unique(np.asarray(p.data.Y)).tolist()) == {-1.0, 1.0}
+        assert p.data.is_batched and p.data.X.shape[0] == p.runs
+    assert {p.data.X.shape[1] for p in full} == {1000} and {p.runs for p in full} == {32}
+    assert min(p.data.X.shape[1] for p in quick) >= 256
+    assert {p.loss for p in quick} == {"square", "exponential"}
 
 
 def test_gfsim_and_hand_diffrax_accurate(wa):
@@ -115,6 +146,15 @@ def test_torch_gd_matches_jax_gd(wa):
     assert t["accuracy"] == pytest.approx(j["accuracy"], rel=1e-6)
     (s,) = M.bench_torch(p, ref, steps_list=(3000,), max_steps=100)
     assert s["accuracy"] is None and "scaled" in s["scaled"]
+
+
+def test_torch_gd_matches_jax_gd_exponential_loss():
+    pytest.importorskip("torch")
+    p = next(q for q in workload_e("tiny") if q.loss == "exponential")
+    ref = np.ones((p.runs, len(p.ts), sum(a * b for a, b in zip(p.widths, p.widths[1:]))))
+    (t,) = M.bench_torch(p, ref, steps_list=(150,), max_steps=10**6)
+    (j,) = M.bench_gd(p, ref, 1, steps_list=(150,), memory=False)
+    assert t["accuracy"] == pytest.approx(j["accuracy"], rel=1e-9)
 
 
 def test_torch_gd_matches_jax_gd_masked_linear():

@@ -81,14 +81,14 @@ def test_split_sliding():
 
 
 def test_resolve_workloads():
-    assert resolve_workloads(()) == ["W-A", "W-B", "W-C", "W-D"]
-    assert resolve_workloads(("w-c", "A", "W-C")) == ["W-C", "W-A"]
+    assert resolve_workloads(()) == ["W-A", "W-B", "W-C", "W-D", "W-E"]
+    assert resolve_workloads(("w-c", "A", "W-C", "e")) == ["W-C", "W-A", "W-E"]
     with pytest.raises(ValueError, match="--only 'W-Z' is not a workload; allowed: W-A"):
         resolve_workloads(("W-Z",))
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--only", "W-Z"], "--only 'W-Z' is not a workload; allowed: W-A, W-B, W-C, W-D."),
+    (["--only", "W-Z"], "--only 'W-Z' is not a workload; allowed: W-A, W-B, W-C, W-D, W-E."),
     (["--repeats", "0"], "--repeats 0 must be an integer >= 1."),
 ])
 def test_cli_bad_options(args, needle, tmp_path):

@@ -135,10 +135,11 @@ def bench_gfsim(p: Problem, ref, repeats, *, rtols=None, method="auto", memory=T
 
 
 @functools.cache
-def _hand_solver(widths, activation, reduction, data_batched, has_mask, max_steps):
+def _hand_solver(widths, activation, reduction, data_batched, has_mask, max_steps,
+                 loss_name="square"):
     """Raw Diffrax written by hand: jit(vmap(diffeqsolve)) of Tsit5 + PID on flat parameters."""
     loss = functools.partial(hand_loss, widths=widths, activation=activation,
-                             reduction=reduction)
+                             reduction=reduction, loss=loss_name)
 
     def solve_one(theta0, X, Y, mask, t1, ts, rtol):
         def field(t, y, args):
@@ -159,7 +160,7 @@ def _hand_solver(widths, activation, reduction, data_batched, has_mask, max_step
 def bench_hand_diffrax(p: Problem, ref, repeats, *, rtols=None, memory=True):
     """The same ODE written by hand in Diffrax: what gfsim must not be slower than."""
     solve = _hand_solver(p.widths, p.net.activation, p.reduction, p.data.is_batched,
-                         p.data.mask is not None, p.max_steps)
+                         p.data.mask is not None, p.max_steps, p.loss)
     theta0 = jnp.asarray(flat_init(p.net.weights))
     args = (theta0, *_data_args(p), jnp.asarray(float(p.t1)), jnp.asarray(p.ts))
     rows = []
@@ -226,7 +227,7 @@ def bench_scipy(p: Problem, ref, *, rtols=None, subset=None, max_evals=None):
     max_evals = p.scipy_max_evals if max_evals is None else max_evals
     theta0 = flat_init(p.net.weights)[:subset]
     loss = functools.partial(hand_loss, widths=p.widths, activation=p.net.activation,
-                             reduction=p.reduction)
+                             reduction=p.reduction, loss=p.loss)
     grad = jax.jit(jax.grad(loss))
     datas = [p.run_data(i) for i in range(subset)]
     jax.block_until_ready(grad(jnp.asarray(theta0[0]), datas[0].X, datas[0].Y, datas[0].mask))
@@ -266,8 +267,9 @@ def bench_scipy(p: Problem, ref, *, rtols=None, subset=None, max_evals=None):
     return rows
 
 
-def _torch_gd(torch, Ws, X, Y, mask, act, reduction, lr, steps, save=()):
-    """Full-batch GD on a batch of nets (R, out, in) per layer with bmm and autograd."""
+def _torch_gd(torch, Ws, X, Y, mask, act, reduction, lr, steps, save=(), loss="square"):
+    """Full-batch GD on a batch of nets (R, out, in) per layer with bmm and autograd (square or
+    exponential loss)."""
     R = Ws[0].shape[0]
 
     def expand(a):
@@ -285,11 +287,11 @@ def _torch_gd(torch, Ws, X, Y, mask, act, reduction, lr, steps, save=()):
             h = torch.bmm(h, W.transpose(1, 2))
             if j < len(Ws) - 1 and act == "relu":
                 h = torch.relu(h)
-        r2 = (h - Yb) ** 2
+        r2 = (h - Yb) ** 2 if loss == "square" else torch.exp(-Yb * h)
         if Mb is not None:
             r2 = r2 * Mb
         if reduction == "sum":
-            per_run = 0.5 * r2.sum(dim=(1, 2))
+            per_run = (0.5 if loss == "square" else 1.0) * r2.sum(dim=(1, 2))
         else:
             per_run = r2.sum(dim=(1, 2)) / (Mb.sum(dim=(1, 2)) if Mb is not None
                                             else r2[0].numel())
@@ -329,12 +331,13 @@ def bench_torch(p: Problem, ref, *, steps_list=None, max_steps=None, threads=1):
     for steps in p.torch_steps if steps_list is None else steps_list:
         lr = float(p.t1) / steps
         save = np.round(p.ts / lr).astype(np.int64)
-        _torch_gd(torch, fresh(), X, Y, M, act, p.reduction, lr, 5)  # warm up
+        _torch_gd(torch, fresh(), X, Y, M, act, p.reduction, lr, 5, loss=p.loss)  # warm up
         row = dict(family="torch", method="PyTorch GD (bmm, autograd, CPU)", knob=f"lr={lr:.3g}",
                    lr=lr, steps=steps, torch=torch.__version__, threads=torch.get_num_threads())
         if steps <= max_steps:
             t = time.perf_counter()
-            saved = _torch_gd(torch, fresh(), X, Y, M, act, p.reduction, lr, steps, save)
+            saved = _torch_gd(torch, fresh(), X, Y, M, act, p.reduction, lr, steps, save,
+                              loss=p.loss)
             row["steady_s"] = time.perf_counter() - t
             row["scaled"] = "full run timed"
             theta = np.stack([saved[int(s)].numpy() for s in save], axis=1)
@@ -342,7 +345,7 @@ def bench_torch(p: Problem, ref, *, steps_list=None, max_steps=None, threads=1):
             row.update(_drift(unflatten(theta, p.widths), p.balance_kind))
         else:
             t = time.perf_counter()
-            _torch_gd(torch, fresh(), X, Y, M, act, p.reduction, lr, max_steps)
+            _torch_gd(torch, fresh(), X, Y, M, act, p.reduction, lr, max_steps, loss=p.loss)
             row["steady_s"] = (time.perf_counter() - t) * steps / max_steps
             row["scaled"] = f"timed {max_steps} steps, scaled x{steps / max_steps:g}"
             row["accuracy"] = None

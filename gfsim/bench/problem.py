@@ -92,10 +92,11 @@ class Problem:
         return self.data[i] if self.data.is_batched else self.data
 
 
-def hand_loss(theta, X, Y, mask, *, widths, activation, reduction):
-    """The square loss written by hand on a flat parameter vector (the layout of
-    :func:`gfsim.bench.measure.flat_theta`): f = W_k act(... act(W_1 x)), no biases; ``sum`` is
-    1/2 sum of squares, ``mean`` the mean over the (observed) entries."""
+def hand_loss(theta, X, Y, mask, *, widths, activation, reduction, loss="square"):
+    """The loss written by hand on a flat parameter vector (the layout of
+    :func:`gfsim.bench.measure.flat_theta`): f = W_k act(... act(W_1 x)), no biases. ``square``:
+    ``sum`` is 1/2 sum of squares, ``mean`` the mean over the (observed) entries;
+    ``exponential``: exp(-y f) summed or averaged."""
     act = {"relu": jax.nn.relu, "linear": lambda z: z}[activation]
     h, i = X, 0
     k = len(widths) - 1
@@ -105,9 +106,14 @@ def hand_loss(theta, X, Y, mask, *, widths, activation, reduction):
         h = h @ W.T
         if j < k - 1:
             h = act(h)
-    r2 = (h - Y) ** 2
+    if loss == "square":
+        r2, half = (h - Y) ** 2, 0.5
+    elif loss == "exponential":
+        r2, half = jnp.exp(-Y * h), 1.0
+    else:
+        raise ValueError(f"hand_loss: loss={loss!r}; allowed: square, exponential.")
     if mask is not None:
         r2 = jnp.where(mask > 0, r2, 0.0)
     if reduction == "sum":
-        return 0.5 * jnp.sum(r2)
+        return half * jnp.sum(r2)
     return jnp.sum(r2) / (r2.size if mask is None else jnp.sum(mask))

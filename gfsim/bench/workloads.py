@@ -16,6 +16,12 @@ tests).
   (gfsim.data.matrix_completion, 30 % of the entries observed, target scaled to unit Frobenius
   norm), depth 3, widths 30, N(0, 1e-3^2) init, sum loss over the observed entries, t1 = 3000
   (past the plateau; the second singular value is not yet fitted in every run).
+- W-E: the authors' scale (the paper's depth experiment): teacher-student sign labels
+  (gfsim.data.teacher_student, teacher widths (10, 1)), n = 1000, d = 10, student width 64,
+  depths 2, 4, 8, Gaussian init of scale 0.1, mean loss, square and exponential loss, 32 seeds,
+  t1 = 30 (past the escape from the init: the square loss falls from about 1 to about 0.08 and
+  each run crosses thousands of kinks). The quick profile cuts seeds (4) and depths (2) and n
+  to 256, never below: at n = 256 a run still crosses about 2000 kinks by t1.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ _SIZES = {
     "W-C": dict(full=dict(seeds=32, depths=(2, 3, 4, 5, 6, 7, 8), n=256, scipy_subset=2),
                 quick=dict(seeds=4, depths=(2, 3), n=32, scipy_subset=1),
                 tiny=dict(seeds=2, depths=(2,), n=16, scipy_subset=1, t1=0.3)),
+    "W-E": dict(full=dict(seeds=32, depths=(2, 4, 8), n=1000, scipy_subset=1),
+                quick=dict(seeds=4, depths=(2,), n=256, scipy_subset=1),
+                tiny=dict(seeds=2, depths=(2,), n=16, scipy_subset=1, t1=3.0)),
     "W-D": dict(full=dict(seeds=16, scipy_subset=2, torch_max_steps=6_000),
                 quick=dict(seeds=4, scipy_subset=1, torch_max_steps=2_000),
                 tiny=dict(seeds=2, scipy_subset=1, torch_max_steps=30, t1=300.0, size=8)),
@@ -148,7 +157,40 @@ def workload_d(profile: str) -> list[Problem]:
         balance_kind="matrix")]
 
 
-WORKLOADS = {"W-A": workload_a, "W-B": workload_b, "W-C": workload_c, "W-D": workload_d}
+# W-E's problem: the student's input dimension and width, its init scale, the horizon
+E_DIM, E_WIDTH, E_SCALE, E_T1 = 10, 64, 0.1, 30.0
+E_LOSSES = ("square", "exponential")
+
+
+def workload_e(profile: str) -> list[Problem]:
+    """W-E: one problem per (loss, depth); every run has its own teacher-student dataset."""
+    s = _SIZES["W-E"][profile]
+    t1 = s.get("t1", E_T1)
+    kd, kn = jax.random.split(jax.random.key(2026))
+    data = gdata.teacher_student(kd, n=s["n"], dim=E_DIM, runs=s["seeds"])
+    out = []
+    for k in s["depths"]:
+        kn, sub = jax.random.split(kn)
+        net = MLP((E_DIM,) + (E_WIDTH,) * (k - 1) + (1,), "relu", key=sub, init="gaussian",
+                  scale=E_SCALE, runs=s["seeds"])
+        for loss in E_LOSSES:
+            out.append(Problem(
+                name=f"W-E depth {k} {loss}", workload="W-E",
+                description=f"teacher-student sign labels, n={s['n']}, d={E_DIM}, width "
+                f"{E_WIDTH}, depth {k}, Gaussian init scale {E_SCALE}, {s['seeds']} seeds "
+                f"(a dataset each), t1={t1:g}, {loss} loss, mean reduction",
+                net=net, data=data, t1=t1, loss=loss, reduction="mean",
+                rtols=(1e-4, 1e-6, 1e-8),
+                # lr 2e-2, 1e-2, 5e-3 at t1 = 30
+                gd_steps=tuple(int(round(t1 / lr)) for lr in (2e-2, 1e-2, 5e-3)),
+                torch_steps=(int(round(t1 / 2e-2)),), torch_max_steps=3_000,
+                scipy_rtols=(1e-6,), scipy_subset=s["scipy_subset"], scipy_max_evals=20_000,
+                max_steps=100_000))
+    return out
+
+
+WORKLOADS = {"W-A": workload_a, "W-B": workload_b, "W-C": workload_c, "W-D": workload_d,
+             "W-E": workload_e}
 
 
 def workload_names() -> tuple[str, ...]:
