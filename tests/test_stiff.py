@@ -4,6 +4,8 @@ finite differences, and the direction of the max-margin limit at two tolerances.
 
 from __future__ import annotations
 
+import re
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -443,6 +445,24 @@ def test_events_default_switches_only_with_enough_explicit_steps_to_go(relu_tail
     eager = gfsim.simulate(relu, POS, 200.0, num_saves=4, rtol=1e-8, solver=EAGER)
     assert 0 < float(eager.t_stiff) < 200.0
     assert np.isfinite(float(relu_tail.t_stiff))
+
+
+def test_progress_bar_of_a_switching_run_reads_where_it_was_handed_over(relu_tail, capfd):
+    # two bars, one per phase: the explicit one stops at the hand-over (not at 100%), the
+    # implicit one ends at t1; the run is the run without a bar
+    capfd.readouterr()
+    shown = gfsim.simulate(gfsim.MLP.from_weights(POS_W, "relu"), POS, 1e4, num_saves=8,
+                           rtol=1e-8, progress=True)
+    pct = [float(x) for x in re.findall(r"(\d+\.\d+)%\|", capfd.readouterr().err)]
+    # (every refresh of either bar, in order: the second bar starts where the reading drops)
+    starts = [i for i in range(1, len(pct)) if pct[i] < pct[i - 1]]
+    assert len(starts) == 1, pct
+    pct = [pct[:starts[0]], pct[starts[0]:]]
+    share = 100 * float(relu_tail.t_stiff) / 1e4
+    assert max(pct[0]) < 100 and pct[0][-1] == pytest.approx(share, abs=0.01)
+    assert pct[1][-1] == 100
+    assert int(shown.num_steps) == int(relu_tail.num_steps)
+    assert float(shown.final_loss) == float(relu_tail.final_loss)
 
 
 def test_events_step_budget_is_the_runs_across_both_phases(relu_tail):

@@ -124,6 +124,20 @@ class Setup:
 HANDED_OVER = -1
 
 
+class _ProgressMeter(diffrax.TqdmProgressMeter):
+    """Diffrax's tqdm bar, closed at the loop's last reading (Diffrax's own close sets it to
+    100%, but a run handed over to the implicit phase stops short of t1)."""
+
+    @staticmethod
+    def _close_bar(bar):
+        bar.close()
+
+    def finish(self, state, progress):
+        """Show ``progress`` (bypassing the refresh interval), then close."""
+        state = eqx.tree_at(lambda s: s.step, state, jnp.zeros_like(state.step))
+        self.close(self.step(state, progress))
+
+
 def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
     """The starting state of a batch of lanes: each pair on the side its pre-activation is on,
     none held, the event values and the first step size.
@@ -503,21 +517,26 @@ def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reductio
         refill = Refill(data=_refill.take(setup.data, jnp.arange(L)), run_of_lane=rid0,
                         next_run=jnp.asarray(L, jnp.int32),
                         record=RunRecord.empty(lanes0, R))
-    meter = diffrax.TqdmProgressMeter() if progress else None
+    meter = _ProgressMeter() if progress else None
     state0 = LoopState(lanes=lanes0, saves=saves0, saved_held=saved_held0,
                        iteration=jnp.zeros((), jnp.int32), refill=refill,
                        progress=None if meter is None else meter.init())
+
+    def share(st):
+        # the slowest lane's share of t1 (runs not yet loaded into a lane count as 0; a run
+        # handed over to the implicit phase where it stopped: that phase's bar goes on from it)
+        lanes = st.lanes
+        finished = lanes.done & (lanes.status != HANDED_OVER)
+        frac = jnp.min(jnp.where(finished, 1.0, lanes.t / setup.t1))
+        if setup.refill:
+            frac = jnp.where(st.refill.next_run < R, 0.0, frac)
+        return frac
 
     def body(st):
         st = _iterate(setup, st)
         if meter is None:
             return st
-        # the slowest lane's share of t1 (runs not yet loaded into a lane count as 0)
-        lanes = st.lanes
-        frac = jnp.min(jnp.where(lanes.done, 1.0, lanes.t / setup.t1))
-        if setup.refill:
-            frac = jnp.where(st.refill.next_run < R, 0.0, frac)
-        return st.replace(progress=meter.step(st.progress, frac))
+        return st.replace(progress=meter.step(st.progress, share(st)))
 
     final = eqxi.while_loop(
         lambda st: ~jnp.all(st.lanes.done),
@@ -528,7 +547,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reductio
         kind=_LOOP_KIND[setup.adjoint],
     )
     if meter is not None:
-        meter.close(final.progress)
+        meter.finish(final.progress, share(final))
     runs = final.refill.record if setup.refill else final.lanes  # per run
 
     def finish(theta, ys, on, held, d):
