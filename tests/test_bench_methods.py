@@ -82,6 +82,22 @@ def test_authors_scale_workload_keeps_its_physics():
     assert {p.data.X.shape[1] for p in full} == {1000} and {p.runs for p in full} == {32}
     assert min(p.data.X.shape[1] for p in quick) >= 256
     assert {p.loss for p in quick} == {"square", "exponential"}
+    # (t1 = 30: past the escape, docs/benchmarks.md's W-E section)
+    assert {p.t1 for p in full + quick} == {30.0}
+
+
+def test_hand_written_baselines_integrate_the_problems_loss():
+    # the exponential problem's hand-written Diffrax and scipy follow gfsim's exponential flow
+    # (with the square loss written by hand instead they end about 0.4 away)
+    p = next(q for q in workload_e("tiny") if q.loss == "exponential")
+    tr = gfsim.simulate(p.net, p.data, p.t1, ts=p.ts, loss=p.loss, reduction=p.reduction,
+                        rtol=1e-11, atol=1e-14)
+    ref = measure.flat_theta(tr.weights)
+    (h,) = M.bench_hand_diffrax(p, ref, 1, rtols=(1e-10,), memory=False)
+    assert h["accuracy"] < 1e-6
+    pytest.importorskip("scipy")
+    (r,) = M.bench_scipy(p, ref, rtols=(1e-6,), subset=1)
+    assert r["runs_succeeded"] == 1 and r["accuracy"] < 1e-4
 
 
 def test_gfsim_and_hand_diffrax_accurate(wa):

@@ -270,6 +270,8 @@ def bench_scipy(p: Problem, ref, *, rtols=None, subset=None, max_evals=None):
 def _torch_gd(torch, Ws, X, Y, mask, act, reduction, lr, steps, save=(), loss="square"):
     """Full-batch GD on a batch of nets (R, out, in) per layer with bmm and autograd (square or
     exponential loss)."""
+    if loss not in ("square", "exponential"):
+        raise ValueError(f"_torch_gd: loss={loss!r}; allowed: square, exponential.")
     R = Ws[0].shape[0]
 
     def expand(a):
@@ -289,7 +291,7 @@ def _torch_gd(torch, Ws, X, Y, mask, act, reduction, lr, steps, save=(), loss="s
                 h = torch.relu(h)
         r2 = (h - Yb) ** 2 if loss == "square" else torch.exp(-Yb * h)
         if Mb is not None:
-            r2 = r2 * Mb
+            r2 = torch.where(Mb > 0, r2, torch.zeros_like(r2))  # (not r2 * Mb: inf * 0)
         if reduction == "sum":
             per_run = (0.5 if loss == "square" else 1.0) * r2.sum(dim=(1, 2))
         else:

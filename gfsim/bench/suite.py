@@ -216,9 +216,9 @@ def run_suite(out: str | None = None, *, profile: str = "quick", only=(), repeat
     **Arguments:**
 
     - ``out``: output directory (created); None writes nothing.
-    - ``profile``: ``"quick"`` (minutes on a laptop CPU), ``"full"`` (the protocol's sizes) or
-      ``"tiny"`` (the tests).
-    - ``only``: workload names to run (``"W-A"`` .. ``"W-D"``); default all.
+    - ``profile``: ``"quick"`` (about 30 minutes on a 2-core CPU, W-E 26 of them), ``"full"``
+      (the protocol's sizes) or ``"tiny"`` (the tests).
+    - ``only``: workload names to run (``"W-A"`` .. ``"W-E"``); default all.
     - ``repeats``: timed repeats after each first call (the median is reported).
     - ``skip``: method families to leave out (``"torch"``, ``"scipy"``, ``"hand_diffrax"``)
       and ``"persistent_cache"``.

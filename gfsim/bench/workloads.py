@@ -1,6 +1,7 @@
 """The workloads of the benchmark protocol (../shared/benchmarks.md) as
 :class:`~gfsim.bench.problem.Problem` lists, at three sizes: ``full`` (the protocol's), ``quick``
-(minutes on a 2-core CPU: fewer seeds and depths, shorter GD runs in PyTorch) and ``tiny`` (the
+(about 30 minutes on a 2-core CPU, 26 of them W-E's: fewer seeds and depths, shorter GD runs in
+PyTorch) and ``tiny`` (the
 tests).
 
 - W-A: the paper's size-2 dataset, depth 2, width 2, disk init r = 1e-4, t1 = 300, mean loss.
@@ -21,7 +22,7 @@ tests).
   depths 2, 4, 8, Gaussian init of scale 0.1, mean loss, square and exponential loss, 32 seeds,
   t1 = 30 (past the escape from the init: the square loss falls from about 1 to about 0.08 and
   each run crosses thousands of kinks). The quick profile cuts seeds (4) and depths (2) and n
-  to 256, never below: at n = 256 a run still crosses about 2000 kinks by t1.
+  to 256, never below: at n = 256 a run still crosses about 2400 kinks by t1.
 """
 
 from __future__ import annotations

@@ -546,9 +546,11 @@ def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reductio
         max_steps=(setup.max_steps + 1) * ((-(-R // L) + 1) if setup.refill else 1),
         kind=_LOOP_KIND[setup.adjoint],
     )
-    if meter is not None:
-        meter.finish(final.progress, share(final))
     runs = final.refill.record if setup.refill else final.lanes  # per run
+    if meter is not None:
+        # the last reading over every run (with refill, lanes hold only their last run)
+        last = jnp.min(jnp.where(runs.status != HANDED_OVER, 1.0, runs.t / setup.t1))
+        meter.finish(final.progress, jax.lax.stop_gradient(last))
 
     def finish(theta, ys, on, held, d):
         losses = jax.vmap(lambda y: m.true_loss(y, d))(ys)
