@@ -34,12 +34,14 @@ import jax
 import numpy as np
 
 import gfsim
+from gfsim.bench.workloads import E_DIM, E_SCALE, E_T1, E_WIDTH
 
 PROFILES = {
-    "quick": dict(n=256, depths=(2, 4), seeds=4, t1=30.0, lrs=(2e-2, 1e-2)),
-    "full": dict(n=1000, depths=(2, 4, 8), seeds=32, t1=30.0, lrs=(2e-2, 1e-2)),
+    "quick": dict(n=256, depths=(2, 4), seeds=4, t1=E_T1, lrs=(2e-2, 1e-2)),
+    "full": dict(n=1000, depths=(2, 4, 8), seeds=32, t1=E_T1, lrs=(2e-2, 1e-2)),
 }
-DIM, WIDTH, SCALE = 10, 64, 0.1
+# the problem's constants are gfsim bench's W-E's
+DIM, WIDTH, SCALE = E_DIM, E_WIDTH, E_SCALE
 
 
 def problem(n, depth, seeds):

@@ -1,8 +1,7 @@
 """The workloads of the benchmark protocol (../shared/benchmarks.md) as
 :class:`~gfsim.bench.problem.Problem` lists, at three sizes: ``full`` (the protocol's), ``quick``
 (about 30 minutes on a 2-core CPU, 26 of them W-E's: fewer seeds and depths, shorter GD runs in
-PyTorch) and ``tiny`` (the
-tests).
+PyTorch) and ``tiny`` (the tests).
 
 - W-A: the paper's size-2 dataset, depth 2, width 2, disk init r = 1e-4, t1 = 300, mean loss.
 - W-B: depth-2 ReLU, d = 10, width 50, 2 random unit inputs, target 1, init scale 0.1, t1 = 50,
