@@ -528,6 +528,8 @@ def simulate(
         if method.lanes is not None and method.lanes >= runs:
             # as many lanes as runs is the lockstep solve: one compiled program for both
             method = dataclasses.replace(method, lanes=None)
+        method = method.resolved(None if isinstance(rtol, jax.core.Tracer) else rtol,
+                                 int(data.X.shape[-2]))
     dtype = net.weights[0].dtype
     # Host values go in as NumPy arrays (traced by the jit without a device dispatch each).
     log_time = _log_clock(clock, loss, t1)

@@ -7,6 +7,8 @@ program's key) and carries only what changes the program.
 
 from __future__ import annotations
 
+import dataclasses
+
 import diffrax
 import equinox as eqx
 import numpy as np
@@ -141,13 +143,30 @@ class Events(AbstractMethod):
     - ``controller``: as for :class:`Plain` (the same controller rule under both methods).
     - ``adjoint``: ``"reverse"`` (default: the loop is checkpointed for ``jax.grad``) or
       ``"forward"`` (a plain loop, for ``jax.jvp`` / ``jax.jacfwd``; reverse mode then fails).
+    - ``crossings``: how a step meets the kinks its pairs cross. ``"locate"``: every crossing is
+      an event, its time found on the step's dense output and the step cut there (exact to
+      the root finder, one loop iteration per crossing). ``"step"``: a step goes through the
+      crossings of free pairs with each stage on the side its state is on, the error of each
+      kink crossed (the jump of the field times the step's quadrature error for a jump at that
+      time) added to the step's error estimate; a step whose kinks make it fail, a pair that
+      would slide (its new side pushes it back) and a release are located as under
+      ``"locate"``. ``"auto"`` (the default): ``"step"`` where ``rtol`` is at least
+      :data:`STEP_RTOL` and the runs have at least :data:`STEP_POINTS` points, else
+      ``"locate"`` (decided by :func:`gfsim.simulate`; ``"locate"`` when the tolerance is
+      traced).
     """
 
     max_sliding: int | None = eqx.field(static=True)
     lanes: int | None = eqx.field(static=True)
+    crossings: str = eqx.field(static=True)
 
     def __init__(self, solver="auto", max_steps: int = 100_000, max_sliding: int | None = None,
-                 lanes: int | None = None, controller=None, adjoint="reverse"):
+                 lanes: int | None = None, controller=None, adjoint="reverse",
+                 crossings: str = "auto"):
+        if crossings not in CROSSINGS:
+            raise ValueError(f"crossings={crossings!r} is not allowed; allowed: "
+                             f"{', '.join(map(repr, CROSSINGS))}.")
+        self.crossings = crossings
         self.solver = resolve_solver(solver)
         self.controller = _check_controller(controller)
         self.adjoint = resolve_adjoint(adjoint)
@@ -173,10 +192,28 @@ class Events(AbstractMethod):
         return "events"
 
     def label(self) -> str:
-        return super().label() + "+events"
+        return super().label() + "+events" + ("+step" if self.crossings == "step" else "")
+
+    def resolved(self, rtol, points: int) -> Events:
+        """This method with ``crossings="auto"`` decided for the tolerance ``rtol`` (a number;
+        None: traced, so ``"locate"``) and ``points`` points per run."""
+        if self.crossings != "auto":
+            return self
+        rt = self.controller.rtol if self.controller is not None else rtol
+        step = rt is not None and float(rt) >= STEP_RTOL and points >= STEP_POINTS
+        return dataclasses.replace(self, crossings="step" if step else "locate")
 
 
 METHOD_NAMES = ("auto", "events", "plain")
+
+CROSSINGS = ("auto", "locate", "step")
+# Under ``crossings="auto"``, steps go through crossings from this rtol up and with at least
+# this many points per run: there crossings are dense and each one's jump of the field small
+# (W-E, n = 256: about 80 crossings per unit time, located one per loop iteration they set the
+# step count whatever the tolerance); with few points, or at tighter tolerances, most kinks
+# fail a step that goes through them and locating them is cheaper.
+STEP_RTOL = 1e-5
+STEP_POINTS = 64
 
 # Under ``max_sliding=None``: the room for deeper held pairs a run starts with; a run that needs
 # more is rerun with four times as much.

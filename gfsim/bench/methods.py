@@ -117,6 +117,7 @@ def bench_gfsim(p: Problem, ref, repeats, *, rtols=None, method="auto", memory=T
         row = dict(family="gfsim" if method == "auto" else f"gfsim {resolved}",
                    method=f"gfsim tsit5 ({resolved})", knob=f"rtol={r:g}", rtol=r,
                    steady_s=steady, steady_all_s=all_, first_call_s=first,
+                   trajectory_method=tr.method,
                    status=tr.status_counts(), **_steps(tr.num_steps, tr.num_rejected),
                    **_drift(tr.weights, p.balance_kind),
                    **accuracy(flat_theta(tr.weights), ref))

@@ -54,14 +54,43 @@ def crossing(model: FrozenPattern, data, theta, on, held):
     return _crossing(z.reshape(-1), scale.reshape(-1), on, held)
 
 
-def values(model: FrozenPattern, data, theta, on, held, slots: int, first=None):
+def values(model: FrozenPattern, data, theta, on, held, slots: int, first=None, side=None):
     """The event values at ``theta`` (``slots`` and ``first`` as for
-    :func:`gfsim.events._sliding.field`)."""
+    :func:`gfsim.events._sliding.field`); the crossing values relative to the sides ``side``
+    (default ``on``: a step that went through crossings measures them from its start's)."""
     D = model.slopes(on, held)
     _, z, scale = model.forward(theta, data.X, D, scales=True)
     lam = (_sliding.field(model, data, theta, on, held, slots, first=first)[1] if slots
            else None)
-    return assemble(model, z.reshape(-1), scale.reshape(-1), on, held, lam)
+    return assemble(model, z.reshape(-1), scale.reshape(-1), on if side is None else side, held,
+                    lam)
+
+
+def stage_sides(model: FrozenPattern, data, theta, on, held, offsets, adapt):
+    """The side of every pair at ``theta`` for a step that goes through crossings
+    (``crossings="step"``): a free pair is flipped where its crossing function, with its offset
+    (``offsets``: the P crossing offsets), is below zero, exactly where the located search would
+    have fired; layer by layer, each layer's pre-activations under the sides found below it.
+    ``adapt`` False: ``on`` as it is."""
+    theta = jax.lax.stop_gradient(theta)
+    ws, bs = model.layers(theta)
+    n = data.X.shape[0]
+    on_r, held_r = on.reshape(n, model.hsum), held.reshape(n, model.hsum)
+    off_r = offsets.reshape(n, model.hsum)
+    h, sides, start = data.X, [], 0
+    for j, w in enumerate(ws[:-1]):
+        z = h @ w.T
+        scale = jnp.linalg.norm(h, axis=-1)[:, None] * jnp.linalg.norm(w, axis=-1)
+        if bs is not None:
+            z, scale = z + bs[j], scale + jnp.abs(bs[j])
+        sl = slice(start, start + model.hidden[j])
+        o, hl = on_r[:, sl], held_r[:, sl]
+        cross = jnp.where(o, 1.0, -1.0) * z + _Z_SLACK * scale + off_r[:, sl]
+        o = o ^ (adapt & ~hl & (cross < 0))
+        sides.append(o)
+        h = jnp.where(o & ~hl, model.right, model.left) * z
+        start += model.hidden[j]
+    return jnp.concatenate(sides, axis=-1).reshape(-1)
 
 
 def field_and_values(model: FrozenPattern, data, theta, on, held):

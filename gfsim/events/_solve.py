@@ -76,6 +76,8 @@ class Setup:
         self.controller = _control.controller(method, rtol, atol)
         self.rtol, self.atol = self.controller.rtol, self.controller.atol
         self.unrolled = _step.unrolled(self.solver)
+        # crossings="step": steps go through the crossings of free pairs (see methods.Events)
+        self.stepping = getattr(method, "crossings", "locate") == "step"
         # the event search on the crossing functions' polynomials (None: on the net itself)
         self.nodes = _locate.node_count(self.model, self.solver, self.points)
         # (the implicit steps' dense output takes the explicit one's place: Kvaerno5 has 7
@@ -119,6 +121,10 @@ class Setup:
         return jax.vmap(lambda th, o, h, d, f: _functions.values(m, d, th, o, h, slots, f))(
             theta, on, held, data, first)
 
+
+# crossings="step": how many accepted steps locate their crossings after a kink the lane could
+# not step through
+LOCATE_STEPS = 8
 
 # the status of a run that the explicit phase hands to the implicit one (never returned)
 HANDED_OVER = -1
@@ -204,6 +210,7 @@ def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
         loss0=loss0,
         watch=jnp.zeros((B, 2), theta0.dtype),
         implicit=jnp.full((B,), resume is not None),
+        located=jnp.zeros((B,), jnp.int32),
     )
 
 
@@ -334,9 +341,10 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
     # 1. the trial step
     def trial(slots):
         return jax.vmap(
-            lambda y, t, h, o, hl, j, f, i, d: _step.attempt(setup, d, y, t, h, o, hl, j, f, i,
-                                                             slots)
-        )(s.y, s.t, s.h, s.on, s.held, s.jump, s.first_stage, s.save_index, data)
+            lambda y, t, h, o, hl, j, f, i, d, e0, off, ad: _step.attempt(
+                setup, d, y, t, h, o, hl, j, f, i, slots, e0, off, ad)
+        )(s.y, s.t, s.h, s.on, s.held, s.jump, s.first_stage, s.save_index, data,
+          s.event_values, s.event_offsets, (s.located == 0) & ~jnp.any(s.held, axis=1))
 
     out = setup.by_projection(sliding, trial)
     if setup.implicit_steps:
@@ -353,12 +361,47 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
             return select(implicit, imp, out)
 
         out = jax.lax.cond(jnp.any(implicit), with_implicit, lambda o: o, out)
-    y1, t_next, yerr, err, dense, fsal1, E1, stiff = out
+    y1, t_next, yerr, err, dense, fsal1, E1, stiff, through = out
     keep, h_next, cstate = jax.vmap(lambda h, y0, y1_, ye, cs: _control.adapt(
         setup, h, y0, y1_, ye, cs))(s.h, s.y, y1, yerr, s.controller_state)
     ok = keep & jnp.isfinite(err) & jnp.all(jnp.isfinite(y1), axis=1) & active
     E1 = E1 + s.event_offsets
     trig = (E1 < 0) & (E1 < s.event_values) & ok[:, None]
+    located, n_through = s.located, jnp.zeros(s.t.shape, jnp.int32)
+    if setup.stepping:
+        # crossings="step": a lane that stepped through crossings keeps the step unless a kink
+        # must be located: a release, a flipped pair that would slide, or kinks whose error
+        # failed the step where locating them one by one is cheaper than shrinking the step
+        # (the kink error goes like h: shrinking takes about err steps, locating one per kink)
+        # (not while the lane holds pairs: there most crossings are pairs reaching their kinks
+        # to slide or chattering near held ones, and each step through them had to be taken
+        # again located; W-E's sliding seed: 6 265 steps against 5 221 located)
+        through_lane = active & (s.located == 0) & ~jnp.any(s.held, axis=1)
+        if setup.implicit_steps:
+            through_lane = through_lane & ~s.implicit
+        flips = through.flips & through_lane[:, None]
+        n_flips = jnp.sum(flips, axis=1)
+        released = jnp.any(
+            (E1[:, setup.pairs:] < 0) & (E1[:, setup.pairs:] < s.event_values[:, setup.pairs:]),
+            axis=1)
+        kinky = ~keep & through.smooth_ok & (n_flips > 0) & jnp.isfinite(err)
+        must = through.back | released  # (a slide or a release: this one step located)
+        locate = through_lane & jnp.isfinite(err) & (must | (kinky & (err >= n_flips)))
+        # shrinking for the kinks: the error is linear in h for a kink, not of the solver's order
+        h_next = jnp.where(through_lane & kinky & ~locate,
+                           jnp.minimum(h_next, 0.9 * s.h / jnp.maximum(err, 1.0)), h_next)
+        h_next = jnp.where(locate, s.h, h_next)  # the same step again, its kinks located
+        cstate = select(locate, s.controller_state, cstate)
+        ok = ok & ~locate
+        n_through = jnp.where(ok & through_lane, n_flips, 0).astype(jnp.int32)
+        on_through = jnp.where((ok & through_lane)[:, None], s.on ^ flips, s.on)
+        trig = trig & ~through_lane[:, None]  # (its crossings are taken, not searched)
+        # after kinks whose error it could not step through, a lane locates its next
+        # LOCATE_STEPS accepted steps' crossings (sparse kinks fail one by one: stepping
+        # through the next one at once would fail again); after a slide or a release, the one
+        # step
+        located = jnp.where(locate, jnp.where(must, 1, LOCATE_STEPS),
+                            jnp.where(ok, jnp.maximum(s.located - 1, 0), s.located))
     has_ev = jnp.any(trig, axis=1)
     implicit_now = s.implicit
     if setup.implicit_steps:
@@ -377,18 +420,19 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         setup, s, data, t_next, y1, dense, trig, has_ev, E1)
     # keep the changes of runs with an event only (the release pass of decide runs on every
     # run of the event branch)
-    on_new = jnp.where(has_ev[:, None], on_new, s.on)
+    on_new = jnp.where(has_ev[:, None], on_new, on_through if setup.stepping else s.on)
     held_new = jnp.where(has_ev[:, None], held_new, s.held)
 
-    # 3. back onto {z_K = 0}: after an accepted sliding step, and after a new capture
+    # 3. back onto {z_K = 0}: after an accepted sliding step, and after a new capture (and
+    # after crossings stepped through, the offsets of the flipped pairs afresh)
     still = ok & jnp.any(held_new, axis=1)
-    fresh = has_ev | still
+    fresh = has_ev | still | (n_through > 0)
     y_new, on_new, E_new, off_new, n_flip = jax.lax.cond(
         jnp.any(fresh),
         lambda: _refresh(setup, s, data, y_new, on_new, held_new, fresh, still),
         # (no run with an event or a projection: the values at the step's end, offsets kept)
         lambda: (y_new, on_new, E1, s.event_offsets, jnp.zeros_like(n_cross)))
-    n_cross = n_cross + n_flip
+    n_cross = n_cross + n_flip + n_through
 
     # 4. saves in (t, t_end]
     rows = state.refill.run_of_lane if setup.refill else jnp.arange(setup.lanes)
@@ -405,12 +449,13 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         event_values=E_new, event_offsets=off_new, jump=has_ev | still, first_stage=fsal1,
         done=s.done, status=s.status, steps=s.steps, accepted=s.accepted, rejected=s.rejected,
         crossings=s.crossings + n_cross, slides=s.slides + n_slide, save_index=save_index,
-        loss0=s.loss0, watch=s.watch, implicit=s.implicit)
+        loss0=s.loss0, watch=s.watch, implicit=s.implicit, located=located)
     if setup.watch:  # accepted explicit steps count (implicit ones as calm)
         moved = moved.replace(watch=count_stiff(s.watch, stiff & ~s.implicit))
     # an accepted step moves the lane; a rejected one keeps its state (but its new step size
     # and its save index, and a lane gone back to explicit steps its new mode)
-    new = moved.where(ok, s).replace(h=h_new, controller_state=cstate, save_index=save_index)
+    new = moved.where(ok, s).replace(h=h_new, controller_state=cstate, save_index=save_index,
+                                     located=located)
     if setup.implicit_steps:
         gone_back = s.implicit & ~implicit_now
         # (and the explicit step evaluates its first stage afresh: Kvaerno5's FSAL value is

@@ -39,6 +39,9 @@ class Lanes(eqx.Module):
     # steps since the last stiff one]; and whether the lane steps implicitly
     watch: Float[Array, "L 2"]
     implicit: Bool[Array, " L"]
+    # crossings="step": how many more accepted steps locate their crossings (0: steps go
+    # through them)
+    located: Int[Array, " L"]
 
     def replace(self, **changes) -> Lanes:
         return dataclasses.replace(self, **changes)
