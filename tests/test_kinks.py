@@ -459,7 +459,7 @@ def test_steps_go_through_dense_crossings_at_a_loose_tolerance():
     assert np.all(cross > 300)
     # several crossings per step (the located solver takes at least one step per crossing)
     assert np.all(np.asarray(tr.num_accepted) < cross / 2)
-    assert np.all(np.asarray(located.num_accepted) >= cross)
+    assert np.all(np.asarray(located.num_accepted) >= np.asarray(located.num_crossings))
     np.testing.assert_allclose(np.asarray(tr.num_crossings), cross, rtol=0.05)
     err = _rel(_flat_final(tr), _flat_final(ref))
     assert np.all(err < 1e-3), err
@@ -467,14 +467,15 @@ def test_steps_go_through_dense_crossings_at_a_loose_tolerance():
 
 
 def test_stepping_through_still_finds_the_slide():
-    """crossings="step" on the hand-solved single unit: its pair's new side pushes it back, so
-    the step is not taken through it; the kink is located and the pair slides, on the closed
-    form."""
+    """crossings="step" on the hand-solved single unit, at a tolerance loose enough that its
+    kink's error alone would let a step through it pass: its pair's new side pushes it back,
+    so the step is not taken through it; the kink is located and the pair slides, on the closed
+    form (a step through it would flip it and chatter: crossings, no slide)."""
     from gfsim.methods import Events
 
     net, data, x2 = _single_unit()
     ts = np.linspace(0.0, 5.0, 6)
-    tr = gfsim.simulate(net, data, 5.0, ts=ts, reduction="sum", rtol=1e-6,
+    tr = gfsim.simulate(net, data, 5.0, ts=ts, reduction="sum", rtol=1e-3,
                         method=Events(crossings="step"))
     assert tr.method.endswith("+step") and int(tr.status) == Status.REACHED_T1
     assert int(tr.num_slides) == 1 and int(tr.num_crossings) == 0
@@ -482,5 +483,27 @@ def test_stepping_through_still_finds_the_slide():
     q0, K, r = 0.09, 1.0 / s, 2.0 * s
     q = K / (1.0 + (K / q0 - 1.0) * np.exp(-r * ts))
     a = np.asarray(tr.weights[1][:, 0, 0])
-    np.testing.assert_allclose(a * a, q, rtol=1e-5)
+    np.testing.assert_allclose(a * a, q, rtol=3e-2)
     assert np.max(np.abs(np.asarray(tr.weights[0][:, 0, :]) @ x2)) < 1e-12
+
+
+def test_large_runs_go_one_after_another_on_the_cpu():
+    """Runs whose work per field evaluation (points x weights) reaches SERIAL_WORK go one
+    after another by default on the CPU (one refilled lane): the same steps and ends as the
+    lockstep solve, which lanes = runs still asks for."""
+    from gfsim.methods import SERIAL_WORK
+
+    data = gfsim.data.teacher_student(jax.random.key(8), 256, 4, teacher_widths=(10, 1),
+                                      runs=2)
+    net = gfsim.MLP((4, 64, 1), "relu", key=jax.random.key(9), init="gaussian", scale=0.1,
+                    runs=2)
+    assert 256 * (4 * 64 + 64) >= SERIAL_WORK
+    kw = dict(num_saves=3, rtol=1e-6)
+    serial = gfsim.simulate(net, data, 0.5, **kw)
+    lockstep = gfsim.simulate(net, data, 0.5, lanes=2, **kw)
+    assert jax.default_backend() != "cpu" or (serial.lanes == 1 and lockstep.lanes == 2)
+    assert serial.status_labels().tolist() == lockstep.status_labels().tolist() == [
+        "reached_t1"] * 2
+    np.testing.assert_array_equal(np.asarray(serial.num_steps), np.asarray(lockstep.num_steps))
+    np.testing.assert_allclose(_flat_final(serial), _flat_final(lockstep), rtol=1e-12,
+                               atol=1e-15)

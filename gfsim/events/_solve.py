@@ -337,14 +337,21 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
     data = state.refill.data if setup.refill else setup.data  # each lane's dataset
     active = ~s.done
     sliding = jnp.any(s.held & active[:, None])
+    # crossings="step": the lanes whose step goes through crossings (not while the lane holds
+    # pairs: there most crossings are pairs reaching their kinks to slide or chattering near held
+    # ones, and each step through them had to be taken again located; W-E's sliding seed:
+    # 6 265 steps against 5 221 located), nor while it locates after a kink it could not take
+    through_lane = active & (s.located == 0) & ~jnp.any(s.held, axis=1)
+    if setup.implicit_steps:
+        through_lane = through_lane & ~s.implicit
 
     # 1. the trial step
     def trial(slots):
         return jax.vmap(
-            lambda y, t, h, o, hl, j, f, i, d, e0, off, ad: _step.attempt(
-                setup, d, y, t, h, o, hl, j, f, i, slots, e0, off, ad)
+            lambda y, t, h, o, hl, j, f, i, d, off, ad: _step.attempt(
+                setup, d, y, t, h, o, hl, j, f, i, slots, off, ad)
         )(s.y, s.t, s.h, s.on, s.held, s.jump, s.first_stage, s.save_index, data,
-          s.event_values, s.event_offsets, (s.located == 0) & ~jnp.any(s.held, axis=1))
+          s.event_offsets, through_lane)
 
     out = setup.by_projection(sliding, trial)
     if setup.implicit_steps:
@@ -361,35 +368,44 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
             return select(implicit, imp, out)
 
         out = jax.lax.cond(jnp.any(implicit), with_implicit, lambda o: o, out)
-    y1, t_next, yerr, err, dense, fsal1, E1, stiff, through = out
+    y1, t_next, yerr, err, dense, fsal1, E1, stiff, on_end = out
+    E1 = E1 + s.event_offsets
+    if setup.stepping:
+        # crossings="step": the kinks a step went through add their error (only on iterations
+        # where some lane's step flipped a pair)
+        flips = (on_end != s.on) & through_lane[:, None]
+        n_flips = jnp.sum(flips, axis=1)
+        smooth_ok = err <= 1.0
+
+        def kinks():
+            kink, back = jax.vmap(
+                lambda y, t, tn, o, oe, hl, d, e0, e1: _step.through(
+                    setup, d, y, t, tn - t, o, oe, hl, e0, e1)
+            )(y1, s.t, t_next, s.on, on_end, s.held, data, s.event_values, E1)
+            return kink, back & through_lane
+
+        kink, back = jax.lax.cond(jnp.any(flips), kinks,
+                                  lambda: (jnp.zeros_like(y1), jnp.zeros(s.t.shape, bool)))
+        yerr = jnp.abs(yerr) + jnp.abs(kink)
+        err = jax.vmap(lambda a, b, e: _step.error_ratio(a, b, e, setup.rtol, setup.atol))(
+            s.y, y1, yerr)
     keep, h_next, cstate = jax.vmap(lambda h, y0, y1_, ye, cs: _control.adapt(
         setup, h, y0, y1_, ye, cs))(s.h, s.y, y1, yerr, s.controller_state)
     ok = keep & jnp.isfinite(err) & jnp.all(jnp.isfinite(y1), axis=1) & active
-    E1 = E1 + s.event_offsets
     trig = (E1 < 0) & (E1 < s.event_values) & ok[:, None]
     located, n_through = s.located, jnp.zeros(s.t.shape, jnp.int32)
     if setup.stepping:
-        # crossings="step": a lane that stepped through crossings keeps the step unless a kink
-        # must be located: a release, a flipped pair that would slide, or kinks whose error
-        # failed the step where locating them one by one is cheaper than shrinking the step
-        # (the kink error goes like h: shrinking takes about err steps, locating one per kink)
-        # (not while the lane holds pairs: there most crossings are pairs reaching their kinks
-        # to slide or chattering near held ones, and each step through them had to be taken
-        # again located; W-E's sliding seed: 6 265 steps against 5 221 located)
-        through_lane = active & (s.located == 0) & ~jnp.any(s.held, axis=1)
-        if setup.implicit_steps:
-            through_lane = through_lane & ~s.implicit
-        flips = through.flips & through_lane[:, None]
-        n_flips = jnp.sum(flips, axis=1)
-        released = jnp.any(
-            (E1[:, setup.pairs:] < 0) & (E1[:, setup.pairs:] < s.event_values[:, setup.pairs:]),
-            axis=1)
-        kinky = ~keep & through.smooth_ok & (n_flips > 0) & jnp.isfinite(err)
-        must = through.back | released  # (a slide or a release: this one step located)
+        # a lane that stepped through crossings keeps the step unless a kink must be located: a
+        # flipped pair that would slide, or kinks whose error failed the step where locating
+        # them one by one is cheaper than shrinking the step (the kink error goes like h:
+        # shrinking takes about err steps, locating one per kink). (Through lanes hold no
+        # pairs, so no release can fire in them.)
+        kinky = ~keep & smooth_ok & (n_flips > 0) & jnp.isfinite(err)
+        must = back  # (a slide: this one step located)
         locate = through_lane & jnp.isfinite(err) & (must | (kinky & (err >= n_flips)))
         # shrinking for the kinks: the error is linear in h for a kink, not of the solver's order
-        h_next = jnp.where(through_lane & kinky & ~locate,
-                           jnp.minimum(h_next, 0.9 * s.h / jnp.maximum(err, 1.0)), h_next)
+        h_next = jnp.where(through_lane & kinky & ~locate, jax.lax.stop_gradient(
+            jnp.minimum(h_next, 0.9 * s.h / jnp.maximum(err, 1.0))), h_next)
         h_next = jnp.where(locate, s.h, h_next)  # the same step again, its kinks located
         cstate = select(locate, s.controller_state, cstate)
         ok = ok & ~locate
@@ -398,8 +414,7 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         trig = trig & ~through_lane[:, None]  # (its crossings are taken, not searched)
         # after kinks whose error it could not step through, a lane locates its next
         # LOCATE_STEPS accepted steps' crossings (sparse kinks fail one by one: stepping
-        # through the next one at once would fail again); after a slide or a release, the one
-        # step
+        # through the next one at once would fail again); after a slide, the one step
         located = jnp.where(locate, jnp.where(must, 1, LOCATE_STEPS),
                             jnp.where(ok, jnp.maximum(s.located - 1, 0), s.located))
     has_ev = jnp.any(trig, axis=1)
@@ -446,7 +461,9 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
     t_new = jnp.where(ok, t_end, s.t)
     moved = Lanes(
         t=t_new, y=y_new, h=h_new, controller_state=cstate, on=on_new, held=held_new,
-        event_values=E_new, event_offsets=off_new, jump=has_ev | still, first_stage=fsal1,
+        # (a pair re-flipped by the refresh: the FSAL value is the field under the old sides)
+        event_values=E_new, event_offsets=off_new, jump=has_ev | still | (n_flip > 0),
+        first_stage=fsal1,
         done=s.done, status=s.status, steps=s.steps, accepted=s.accepted, rejected=s.rejected,
         crossings=s.crossings + n_cross, slides=s.slides + n_slide, save_index=save_index,
         loss0=s.loss0, watch=s.watch, implicit=s.implicit, located=located)

@@ -7,14 +7,11 @@ forward pass; others go through the solver's own ``step``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import diffrax
 import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array
 
 from ..stiff import h_rho
 from . import _functions, _sliding
@@ -70,21 +67,6 @@ def error_ratio(y0, y1, yerr, rtol, atol):
                      jnp.where(jnp.isnan(ms), jnp.inf, 0.0))
 
 
-class Through(NamedTuple):
-    """What a step that went through crossings (``crossings="step"``) says about them, per lane:
-    the pairs it flipped, whether its error without the kinks' would have passed, and whether
-    a kink must be located instead (a flipped pair whose new side pushes it back: it would
-    slide)."""
-
-    flips: Array
-    smooth_ok: Array
-    back: Array
-
-    @classmethod
-    def none(cls, pairs: int):
-        return cls(jnp.zeros((pairs,), bool), jnp.ones((), bool), jnp.zeros((), bool))
-
-
 def quadrature_gap(tab, frac):
     """The quadrature error of a Runge-Kutta step for a unit jump of the integrand at fraction
     ``frac`` of the step: sum of the weights of the stages past the jump, minus the share of
@@ -95,41 +77,49 @@ def quadrature_gap(tab, frac):
     return past @ b - (1.0 - frac)
 
 
-def _through(setup, data, y1, h, on, on_end, held, E0, E1, offsets, F1, c_end):
-    """The kinks a step went through: the error they add (the sum over the flipped pairs of
-    the jump of the field, ``-(slope change) c_k dz_k/dtheta``, times h times the step's
-    quadrature gap at the crossing time, read off the crossing function's values at the two
-    ends), and whether a flipped pair's new side pushes it back (``F1``: the field at y1)."""
+def through(setup, data, y1, t, h, on, on_end, held, E0, E1):
+    """The kinks a step from clock time ``t`` of size ``h`` went through (``crossings="step"``,
+    a lane that holds no pair; ``E0``, ``E1``: the event values at its two ends with offsets,
+    crossings measured from the start's sides ``on``): the error they add, the sum over the
+    flipped pairs of the jump of the field, ``-(slope change) c_k dz_k/dtheta`` (in the loop's
+    clock: times e^s under log time), times h times the step's quadrature gap at the crossing
+    time (read off the crossing function's values at the two ends); and whether a flipped
+    pair's new side pushes it back (it would slide: the step must locate it). One backward
+    pass (the field and c = dL/dh at y1 under the end's sides) and one linearisation of the
+    pre-activations (its transpose for the error, a jvp for the rates)."""
     model = setup.model
     P = setup.pairs
     flips = on_end != on
-    e0, e1 = E0[:P], E1[:P] + offsets[:P]  # >= 0 at the start, < 0 at the end where flipped
+    e0, e1 = E0[:P], E1[:P]  # >= 0 at the start, < 0 at the end where flipped
     frac = jnp.clip(e0 / jnp.where(flips, e0 - e1, 1.0), 0.0, 1.0)
     gap = quadrature_gap(setup.solver.tableau, frac)
     dslope = (model.right - model.left) * jnp.where(on_end, 1.0, -1.0)
     D_end = model.slopes(on_end, held)
+    g, c_end = model.grad_and_c(y1, data, D_end)
     zf = lambda th: model.forward(th, data.X, D_end)[1]  # noqa: E731
     z, lin = jax.linearize(zf, y1)
-    cot = jnp.where(flips, -h * gap * dslope * c_end, 0.0).reshape(z.shape)
+    jump = -gap * dslope * c_end
+    if setup.log_time:  # the field in the clock s is e^s times the flow's
+        jump = jump * jnp.exp(t + frac * h)
+    cot = jnp.where(flips, h * jump, 0.0).reshape(z.shape)
     kink = jax.linear_transpose(lin, y1)(cot)[0]
-    dz = lin(F1).reshape(-1)
+    dz = lin(-g).reshape(-1)
     back = jnp.any(flips & (jnp.where(on_end, 1.0, -1.0) * dz < 0))
-    return kink, flips, back
+    return kink, back
 
 
 def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int,
-            values0=None, offsets=None, adapt=None):
+            offsets=None, adapt=None):
     """One trial step of one run from ``(t, y)`` with step size ``h``, cut at t1 and at the
     ``SAVE_SLOTS``-th pending save time. Returns y1, t_next, the error estimate, its ratio to
     the tolerance (for the acceptance test see :mod:`._control`), the dense output, the next
     FSAL state, the event values at y1 (without offsets, crossings measured from the start's
-    sides), the stiffness flag and a :class:`Through`.
+    sides), the stiffness flag and the sides at y1.
 
     Under ``crossings="step"`` (``setup.stepping``) and ``adapt`` (the driver passes it only
     for lanes that hold no pair; the sliding path supports it too), each stage takes every free
-    pair on the side its state is on (:func:`gfsim.events._functions.stage_sides`, from the
-    event values ``values0`` and ``offsets`` at the start) and the kinks crossed add their
-    error to the estimate (:func:`_through`)."""
+    pair on the side its state is on (:func:`gfsim.events._functions.stage_sides`, with the
+    crossing ``offsets`` at the start); the driver adds the kinks' error (:func:`through`)."""
     model, solver = setup.model, setup.solver
     t_next = _step_end(setup, t, h, save_index)
     clocked = _clock(setup)
@@ -152,7 +142,6 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int,
 
         y1, yerr, dense, fsal1, (E1, on_end) = erk_step(solver.tableau, fn, t, t_next, y, fsal,
                                                         jump)
-        F1 = fsal1[1]
     else:
         # (the held rows' first-layer part, once for the step's stages and its end)
         first = _sliding.first_rows(model, data, held) if slots else None
@@ -162,23 +151,10 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int,
         on_end = sides(y1)
         # the event values at the step's end, under the same choice of projection
         E1 = _functions.values(model, data, y1, on_end, held, slots, first, side=on)
-        F1 = None
     if setup.watch:  # the stiffness watch of solver="auto", from the step's own stages
         stiff = h_rho(solver.tableau, dense["k"]) > setup.stiff_limit
-    through = Through.none(P)
-    if stepping:
-        smooth = error_ratio(y, y1, yerr, setup.rtol, setup.atol)
-        D_end = model.slopes(on_end, held)
-        c_end = model.grad_and_c(y1, data, D_end)[1]
-        if F1 is None:
-            F1 = _sliding.field(model, data, y1, on_end, held, slots,
-                                first=first if slots else None)[0]
-        kink, flips, back = _through(setup, data, y1, t_next - t, on, on_end, held, values0, E1,
-                                     offsets, F1, c_end)
-        yerr = jnp.abs(yerr) + jnp.abs(kink)
-        through = Through(flips, smooth <= 1.0, back)
     err = error_ratio(y, y1, yerr, setup.rtol, setup.atol)
-    return y1, t_next, yerr, err, dense, fsal1, E1, stiff, through
+    return y1, t_next, yerr, err, dense, fsal1, E1, stiff, on_end
 
 
 def attempt_implicit(setup, data, y, t, h, on, held, jump, fsal, save_index):
@@ -200,8 +176,7 @@ def attempt_implicit(setup, data, y, t, h, on, held, jump, fsal, save_index):
     E1 = _functions.values(model, data, y1, on, held, 0)
     err = error_ratio(y, y1, yerr, setup.rtol, setup.atol)
     err = jnp.where(result == diffrax.RESULTS.successful, err, jnp.inf)
-    return (y1, t_next, yerr, err, dense, fsal1, E1, jnp.zeros((), bool),
-            Through.none(setup.pairs))
+    return y1, t_next, yerr, err, dense, fsal1, E1, jnp.zeros((), bool), on
 
 
 def _step_end(setup, t, h, save_index):
