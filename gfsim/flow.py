@@ -525,16 +525,15 @@ def simulate(
             raise ValueError(
                 f"method=Events with activation={net.activation!r}: the event-driven solver is "
                 "for activations with a kink (relu, leaky_relu); use method='plain'.")
-        if (method.lanes is None and runs > 1 and _serial_runs(net, data)
-                and not _tracing((net, data, t1, ts, rtol, atol))):
+        traced = _tracing((net, data, t1, ts, rtol, atol))
+        if method.lanes is None and runs > 1 and not traced and _serial_runs(net, data):
             method = dataclasses.replace(method, lanes=1)
         elif method.lanes is not None and method.lanes >= runs:
             # as many lanes as runs is the lockstep solve: one compiled program for both
             method = dataclasses.replace(method, lanes=None)
         # (inside a trace, "auto" locates: a step through kinks is smooth in its inputs with
         # the sides fixed, so its derivative misses the crossing times' motion)
-        method = method.resolved(None if _tracing((net, data, t1, ts, rtol, atol)) else rtol,
-                                 int(data.X.shape[-2]))
+        method = method.resolved(None if traced else rtol, int(data.X.shape[-2]))
     dtype = net.weights[0].dtype
     # Host values go in as NumPy arrays (traced by the jit without a device dispatch each).
     log_time = _log_clock(clock, loss, t1)

@@ -199,12 +199,14 @@ class Events(AbstractMethod):
         return super().label() + "+events" + ("+step" if self.crossings == "step" else "")
 
     def resolved(self, rtol, points: int) -> Events:
-        """This method with ``crossings="auto"`` decided for the tolerance ``rtol`` (a number;
-        None: traced, so ``"locate"``) and ``points`` points per run."""
+        """This method with ``crossings="auto"`` decided for the tolerance ``rtol`` (a number,
+        the method's controller's if it has one; None: inside a trace, so ``"locate"``) and
+        ``points`` points per run."""
         if self.crossings != "auto":
             return self
-        rt = self.controller.rtol if self.controller is not None else rtol
-        step = rt is not None and float(rt) >= STEP_RTOL and points >= STEP_POINTS
+        if rtol is not None and self.controller is not None:
+            rtol = self.controller.rtol
+        step = rtol is not None and float(rtol) >= STEP_RTOL and points >= STEP_POINTS
         return dataclasses.replace(self, crossings="step" if step else "locate")
 
 

@@ -72,32 +72,26 @@ def stage_sides(model: FrozenPattern, data, theta, on, held, offsets, adapt):
     (``offsets``: the P crossing offsets), is below zero, exactly where the located search would
     have fired; layer by layer, each layer's pre-activations under the sides found below it.
     ``adapt`` False: ``on`` as it is."""
-    theta = jax.lax.stop_gradient(theta)
-    ws, bs = model.layers(theta)
     n = data.X.shape[0]
     on_r, held_r = on.reshape(n, model.hsum), held.reshape(n, model.hsum)
     off_r = offsets.reshape(n, model.hsum)
-    h, sides, start = data.X, [], 0
-    for j, w in enumerate(ws[:-1]):
-        z = h @ w.T
-        scale = jnp.linalg.norm(h, axis=-1)[:, None] * jnp.linalg.norm(w, axis=-1)
-        if bs is not None:
-            z, scale = z + bs[j], scale + jnp.abs(bs[j])
-        sl = slice(start, start + model.hidden[j])
-        o, hl = on_r[:, sl], held_r[:, sl]
-        cross = jnp.where(o, 1.0, -1.0) * z + _Z_SLACK * scale + off_r[:, sl]
-        o = o ^ (adapt & ~hl & (cross < 0))
+    sides = []
+
+    def pick(cols, z, scale):
+        o, hl = on_r[:, cols], held_r[:, cols]
+        o = o ^ (adapt & ~hl & (_crossing(z, scale, o, hl) + off_r[:, cols] < 0))
         sides.append(o)
-        h = jnp.where(o & ~hl, model.right, model.left) * z
-        start += model.hidden[j]
+        return jnp.where(o & ~hl, model.right, model.left)
+
+    model.forward(jax.lax.stop_gradient(theta), data.X, None, pick=pick)
     return jnp.concatenate(sides, axis=-1).reshape(-1)
 
 
-def field_and_values(model: FrozenPattern, data, theta, on, held):
+def field_and_values(model: FrozenPattern, data, theta, on, held, side=None):
     """The plain field (no projection) and the event values at one point, from one forward
-    pass."""
+    pass (crossings relative to ``side``, default ``on``, as in :func:`values`)."""
     F, _, z, scale = _sliding.field(model, data, theta, on, held, 0, model.grad_and_c_aux)
-    return F, assemble(model, z, scale, on, held, None)
+    return F, assemble(model, z, scale, on if side is None else side, held, None)
 
 
 def rebase(raw):

@@ -54,10 +54,12 @@ class FrozenPattern:
         """The frozen slopes D (n, hsum): ``right`` for pairs on (and not held), else ``left``."""
         return jnp.where(on & ~held, self.right, self.left).reshape(-1, self.hsum)
 
-    def forward(self, theta, X, D, E=None, scales=False):
+    def forward(self, theta, X, D, E=None, scales=False, pick=None):
         """Outputs and hidden pre-activations (n, hsum) with the pattern frozen: h = D * z
         (D: (n, hsum) slopes). ``E`` (n, hsum) is added to h (to read off dL/dh). With
-        ``scales``, also |w_u| |h_i| (+ |b_u|) per pair: the natural size of each z."""
+        ``scales``, also |w_u| |h_i| (+ |b_u|) per pair: the natural size of each z.
+        ``pick(columns, z, scale)``: each hidden layer's slopes from its pre-activations and
+        their scales (``columns``: the layer's slice of the hsum units), in place of ``D``."""
         ws, bs = self.layers(theta)
         h, zs, ss, start = X, [], [], 0
         for j, w in enumerate(ws):
@@ -67,12 +69,15 @@ class FrozenPattern:
             if j == len(ws) - 1:
                 out = z
                 break
-            if scales:
+            sc = None
+            if scales or pick is not None:
                 sc = jnp.linalg.norm(h, axis=-1)[..., None] * jnp.linalg.norm(w, axis=-1)
-                ss.append(sc if bs is None else sc + jnp.abs(bs[j]))
+                sc = sc if bs is None else sc + jnp.abs(bs[j])
+                ss.append(sc)
             width = self.hidden[j]
             zs.append(z)
-            h = D[..., start:start + width] * z
+            cols = slice(start, start + width)
+            h = (D[..., cols] if pick is None else pick(cols, z, sc)) * z
             if E is not None:
                 h = h + E[..., start:start + width]
             start += width

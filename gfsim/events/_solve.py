@@ -77,7 +77,7 @@ class Setup:
         self.rtol, self.atol = self.controller.rtol, self.controller.atol
         self.unrolled = _step.unrolled(self.solver)
         # crossings="step": steps go through the crossings of free pairs (see methods.Events)
-        self.stepping = getattr(method, "crossings", "locate") == "step"
+        self.stepping = method.crossings == "step"
         # the event search on the crossing functions' polynomials (None: on the net itself)
         self.nodes = _locate.node_count(self.model, self.solver, self.points)
         # (the implicit steps' dense output takes the explicit one's place: Kvaerno5 has 7
@@ -401,8 +401,7 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         # shrinking takes about err steps, locating one per kink). (Through lanes hold no
         # pairs, so no release can fire in them.)
         kinky = ~keep & smooth_ok & (n_flips > 0) & jnp.isfinite(err)
-        must = back  # (a slide: this one step located)
-        locate = through_lane & jnp.isfinite(err) & (must | (kinky & (err >= n_flips)))
+        locate = through_lane & jnp.isfinite(err) & (back | (kinky & (err >= n_flips)))
         # shrinking for the kinks: the error is linear in h for a kink, not of the solver's order
         h_next = jnp.where(through_lane & kinky & ~locate, jax.lax.stop_gradient(
             jnp.minimum(h_next, 0.9 * s.h / jnp.maximum(err, 1.0))), h_next)
@@ -415,7 +414,7 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         # after kinks whose error it could not step through, a lane locates its next
         # LOCATE_STEPS accepted steps' crossings (sparse kinks fail one by one: stepping
         # through the next one at once would fail again); after a slide, the one step
-        located = jnp.where(locate, jnp.where(must, 1, LOCATE_STEPS),
+        located = jnp.where(locate, jnp.where(back, 1, LOCATE_STEPS),
                             jnp.where(ok, jnp.maximum(s.located - 1, 0), s.located))
     has_ev = jnp.any(trig, axis=1)
     implicit_now = s.implicit

@@ -137,8 +137,8 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int,
     if setup.unrolled and not slots:
         def fn(t_, y_):
             o = sides(y_)
-            F, _, z, scale = _sliding.field(model, data, y_, o, held, 0, model.grad_and_c_aux)
-            return clocked(t_, F), (_functions.assemble(model, z, scale, on, held, None), o)
+            f, values = _functions.field_and_values(model, data, y_, o, held, side=on)
+            return clocked(t_, f), (values, o)
 
         y1, yerr, dense, fsal1, (E1, on_end) = erk_step(solver.tableau, fn, t, t_next, y, fsal,
                                                         jump)
