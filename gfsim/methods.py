@@ -148,12 +148,12 @@ class Events(AbstractMethod):
       ``"forward"`` (a plain loop, for ``jax.jvp`` / ``jax.jacfwd``; reverse mode then fails).
     - ``crossings``: how a step meets the kinks its pairs cross. ``"locate"``: every crossing is
       an event, its time found on the step's dense output and the step cut there (exact to
-      the root finder, one loop iteration per crossing). ``"step"``: a step of a run that holds
-      no pair goes through the crossings of free pairs with each stage on the side its state is
-      on, the error of each kink crossed (the jump of the field times the step's quadrature
-      error for a jump at that time) added to the step's error estimate; a pair that would
-      slide (its new side pushes it back) and kinks that make a step fail are located as under
-      ``"locate"``, and so are all crossings of a run while it holds pairs. Derivatives through
+      the root finder, one loop iteration per crossing). ``"step"``: a step goes through the
+      crossings of free pairs with each stage on the side its state is on (on the sliding
+      field while the run holds pairs), the error of each kink crossed (the jump of the field
+      times the step's quadrature error for a jump at that time) added to the step's error
+      estimate; a pair that would slide (its new side pushes it back), releases and kinks that
+      make a step fail are located as under ``"locate"``. Derivatives through
       such steps are those of the discrete steps (the crossing times' motion is missed).
       ``"auto"`` (the default): ``"step"`` where ``rtol`` is at least :data:`STEP_RTOL` and
       the runs have at least :data:`STEP_POINTS` points, outside a trace (``jax.grad``,

@@ -126,6 +126,11 @@ class Setup:
 # not step through
 LOCATE_STEPS = 8
 
+# crossings="step": a step whose flipped pair is pushed back at fraction >= CUT_FRAC of it is
+# taken again to CUT_SHORT times that fraction
+CUT_FRAC = 0.05
+CUT_SHORT = 0.99
+
 # the status of a run that the explicit phase hands to the implicit one (never returned)
 HANDED_OVER = -1
 
@@ -334,14 +339,14 @@ def _refresh(setup: Setup, s: Lanes, data, y_new, on_new, held_new, fresh, still
 def _iterate(setup: Setup, state: LoopState) -> LoopState:
     """One iteration of the loop over all lanes."""
     s = state.lanes
+    P = setup.pairs
     data = state.refill.data if setup.refill else setup.data  # each lane's dataset
     active = ~s.done
     sliding = jnp.any(s.held & active[:, None])
-    # crossings="step": the lanes whose step goes through crossings (not while the lane holds
-    # pairs: there most crossings are pairs reaching their kinks to slide or chattering near held
-    # ones, and each step through them had to be taken again located; W-E's sliding seed:
-    # 6 265 steps against 5 221 located), nor while it locates after a kink it could not take
-    through_lane = active & (s.located == 0) & ~jnp.any(s.held, axis=1)
+    # crossings="step": the lanes whose step goes through crossings (a sliding lane's too, on
+    # its projected field), not while it locates after a kink it could not take (located > 0;
+    # -1: a step cut short before a pair that would slide, the one after it located)
+    through_lane = active & (s.located <= 0)
     if setup.implicit_steps:
         through_lane = through_lane & ~s.implicit
 
@@ -378,14 +383,18 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         smooth_ok = err <= 1.0
 
         def kinks():
-            kink, back = jax.vmap(
-                lambda y, t, tn, o, oe, hl, d, e0, e1: _step.through(
-                    setup, d, y, t, tn - t, o, oe, hl, e0, e1)
-            )(y1, s.t, t_next, s.on, on_end, s.held, data, s.event_values, E1)
-            return kink, back & through_lane
+            def run(slots):
+                return jax.vmap(
+                    lambda y, t, tn, o, oe, hl, d, e0, e1: _step.through(
+                        setup, d, y, t, tn - t, o, oe, hl, e0, e1, slots)
+                )(y1, s.t, t_next, s.on, on_end, s.held, data, s.event_values, E1)
 
-        kink, back = jax.lax.cond(jnp.any(flips), kinks,
-                                  lambda: (jnp.zeros_like(y1), jnp.zeros(s.t.shape, bool)))
+            kink, back, back_frac = setup.by_projection(sliding, run)
+            return kink, back & through_lane, back_frac
+
+        kink, back, back_frac = jax.lax.cond(
+            jnp.any(flips), kinks,
+            lambda: (jnp.zeros_like(y1), jnp.zeros(s.t.shape, bool), jnp.ones_like(s.t)))
         yerr = jnp.abs(yerr) + jnp.abs(kink)
         err = jax.vmap(lambda a, b, e: _step.error_ratio(a, b, e, setup.rtol, setup.atol))(
             s.y, y1, yerr)
@@ -398,24 +407,33 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         # a lane that stepped through crossings keeps the step unless a kink must be located: a
         # flipped pair that would slide, or kinks whose error failed the step where locating
         # them one by one is cheaper than shrinking the step (the kink error goes like h:
-        # shrinking takes about err steps, locating one per kink). (Through lanes hold no
-        # pairs, so no release can fire in them.)
+        # shrinking takes about err steps, locating one per kink)
         kinky = ~keep & smooth_ok & (n_flips > 0) & jnp.isfinite(err)
-        locate = through_lane & jnp.isfinite(err) & (back | (kinky & (err >= n_flips)))
+        # (and a release in a step through kinks: it is located on a step that flips none)
+        released = jnp.any(trig[:, P:], axis=1) & (n_flips > 0)
+        locate = through_lane & jnp.isfinite(err) & (
+            back | released | (kinky & (err >= n_flips)))
         # shrinking for the kinks: the error is linear in h for a kink, not of the solver's order
         h_next = jnp.where(through_lane & kinky & ~locate, jax.lax.stop_gradient(
             jnp.minimum(h_next, 0.9 * s.h / jnp.maximum(err, 1.0))), h_next)
-        h_next = jnp.where(locate, s.h, h_next)  # the same step again, its kinks located
+        # a pair pushed back: the step again, ending just before that pair's crossing (the
+        # crossings before it stepped through), and the step after it located; one pushed
+        # back right at the start: the same step again, located
+        cut = locate & back & (back_frac >= CUT_FRAC)
+        h_next = jnp.where(locate, jnp.where(cut, CUT_SHORT * back_frac * s.h, s.h), h_next)
         cstate = select(locate, s.controller_state, cstate)
         ok = ok & ~locate
         n_through = jnp.where(ok & through_lane, n_flips, 0).astype(jnp.int32)
         on_through = jnp.where((ok & through_lane)[:, None], s.on ^ flips, s.on)
-        trig = trig & ~through_lane[:, None]  # (its crossings are taken, not searched)
+        # (its crossings are taken, not searched)
+        trig = trig.at[:, :P].set(trig[:, :P] & ~through_lane[:, None])
         # after kinks whose error it could not step through, a lane locates its next
         # LOCATE_STEPS accepted steps' crossings (sparse kinks fail one by one: stepping
         # through the next one at once would fail again); after a slide, the one step
-        located = jnp.where(locate, jnp.where(back, 1, LOCATE_STEPS),
-                            jnp.where(ok, jnp.maximum(s.located - 1, 0), s.located))
+        located = jnp.where(
+            locate, jnp.where(cut, -1, jnp.where(back, 1, LOCATE_STEPS)),
+            jnp.where(ok, jnp.where(s.located < 0, 1, jnp.maximum(s.located - 1, 0)),
+                      s.located))
     has_ev = jnp.any(trig, axis=1)
     implicit_now = s.implicit
     if setup.implicit_steps:

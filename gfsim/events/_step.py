@@ -77,16 +77,19 @@ def quadrature_gap(tab, frac):
     return past @ b - (1.0 - frac)
 
 
-def through(setup, data, y1, t, h, on, on_end, held, E0, E1):
-    """The kinks a step from clock time ``t`` of size ``h`` went through (``crossings="step"``,
-    a lane that holds no pair; ``E0``, ``E1``: the event values at its two ends with offsets,
-    crossings measured from the start's sides ``on``): the error they add, the sum over the
-    flipped pairs of the jump of the field, ``-(slope change) c_k dz_k/dtheta`` (in the loop's
-    clock: times e^s under log time), times h times the step's quadrature gap at the crossing
-    time (read off the crossing function's values at the two ends); and whether a flipped
-    pair's new side pushes it back (it would slide: the step must locate it). One backward
-    pass (the field and c = dL/dh at y1 under the end's sides) and one linearisation of the
-    pre-activations (its transpose for the error, a jvp for the rates)."""
+def through(setup, data, y1, t, h, on, on_end, held, E0, E1, slots: int = 0):
+    """The kinks a step from clock time ``t`` of size ``h`` went through (``crossings="step"``;
+    ``E0``, ``E1``: the event values at its two ends with offsets, crossings measured from the
+    start's sides ``on``): the error they add, the sum over the flipped pairs of the jump of the
+    field, ``-(slope change) c_k dz_k/dtheta`` (in the loop's clock: times e^s under log time),
+    times h times the step's quadrature gap at the crossing time (read off the crossing
+    function's values at the two ends); whether a flipped pair is pushed back by its new side
+    (it would slide: the step must not go through its kink) and the earliest such pair's
+    crossing, as a fraction of the step (1 if none). One backward pass (the field and c = dL/dh
+    at y1 under the end's sides) and one linearisation of the pre-activations (its transpose
+    for the error, a jvp for the rates). ``slots`` > 0, for a lane that holds pairs: the field
+    and the jumps projected onto the held kinks (the held rows at y1; at depth 2 they do not
+    depend on the pattern, deeper they are the end's)."""
     model = setup.model
     P = setup.pairs
     flips = on_end != on
@@ -96,6 +99,11 @@ def through(setup, data, y1, t, h, on, on_end, held, E0, E1):
     dslope = (model.right - model.left) * jnp.where(on_end, 1.0, -1.0)
     D_end = model.slopes(on_end, held)
     g, c_end = model.grad_and_c(y1, data, D_end)
+    F = -g
+    if slots:  # a lane that holds pairs: the field and the jumps projected onto its kinks
+        rows = _sliding.HeldRows(model, data, y1, D_end, held, slots)
+        project = lambda v: v - rows.min_norm(*rows.apply(v))[0]  # noqa: E731
+        F = project(F)
     zf = lambda th: model.forward(th, data.X, D_end)[1]  # noqa: E731
     z, lin = jax.linearize(zf, y1)
     jump = -gap * dslope * c_end
@@ -103,9 +111,14 @@ def through(setup, data, y1, t, h, on, on_end, held, E0, E1):
         jump = jump * jnp.exp(t + frac * h)
     cot = jnp.where(flips, h * jump, 0.0).reshape(z.shape)
     kink = jax.linear_transpose(lin, y1)(cot)[0]
-    dz = lin(-g).reshape(-1)
-    back = jnp.any(flips & (jnp.where(on_end, 1.0, -1.0) * dz < 0))
-    return kink, back
+    if slots:
+        kink = project(kink)
+    dz = lin(F).reshape(-1)
+    # a pair that would slide is pushed back by its new side. (A quadratic through the crossing
+    # values at the ends and the end rate, to tell pairs that crossed, went on and turned from
+    # those pushed back at once, missed slides whose kink lay early in the step.)
+    pushed = flips & (jnp.where(on_end, 1.0, -1.0) * dz < 0)
+    return kink, jnp.any(pushed), jnp.min(jnp.where(pushed, frac, 1.0))
 
 
 def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int,
@@ -116,8 +129,8 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int,
     FSAL state, the event values at y1 (without offsets, crossings measured from the start's
     sides), the stiffness flag and the sides at y1.
 
-    Under ``crossings="step"`` (``setup.stepping``) and ``adapt`` (the driver passes it only
-    for lanes that hold no pair; the sliding path supports it too), each stage takes every free
+    Under ``crossings="step"`` (``setup.stepping``) and ``adapt`` (the driver passes it for the
+    lanes that step through crossings), each stage takes every free
     pair on the side its state is on (:func:`gfsim.events._functions.stage_sides`, with the
     crossing ``offsets`` at the start); the driver adds the kinks' error (:func:`through`)."""
     model, solver = setup.model, setup.solver
