@@ -54,7 +54,8 @@ def _cholesky_solve(G, valid, rhs):
 
 # blocks up to this size are factorised with the loop over columns unrolled (a loop iteration
 # per column rewrote the whole batch of factors; unrolled, each column is its own small array);
-# larger ones in a loop. (The solves stay loops: they are traced at every projection.)
+# larger ones in a loop; so are their inverses (:func:`_blocks_inverse`), from which each
+# solve is one batched product.
 _UNROLL_BLOCK = 16
 
 
@@ -67,7 +68,10 @@ def _blocks_factor(G, valid):
     s = G.shape[-1]
     diag = jnp.diagonal(G, axis1=-2, axis2=-1)
     scale = jnp.maximum(jnp.max(diag, axis=-1, keepdims=True), jnp.finfo(G.dtype).tiny)
-    jitter = jnp.maximum(1e-13 * scale, jnp.finfo(G.dtype).tiny)
+    # (relative 1e-13, and at least 100 ulps: under float32 1e-13 would be no jitter at all,
+    # and the inverse of a clamped pivot overflows)
+    rel = max(1e-13, 100.0 * float(jnp.finfo(G.dtype).eps))
+    jitter = jnp.maximum(rel * scale, jnp.finfo(G.dtype).tiny)
     eye = jnp.eye(s, dtype=G.dtype)
     G = G + jnp.where(valid, jitter, 1.0)[..., None] * eye
     rows = jnp.arange(s)

@@ -420,18 +420,20 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         # crossings before it stepped through), and the step after it located; one pushed
         # back right at the start: the same step again, located
         cut = locate & back & (back_frac >= CUT_FRAC)
-        h_next = jnp.where(locate, jnp.where(cut, CUT_SHORT * back_frac * s.h, s.h), h_next)
+        # (the fraction is of the step taken, which t1 or a save time may have cut short of h)
+        h_next = jnp.where(locate, jnp.where(cut, CUT_SHORT * back_frac * (t_next - s.t), s.h),
+                           h_next)
         cstate = select(locate, s.controller_state, cstate)
         ok = ok & ~locate
         n_through = jnp.where(ok & through_lane, n_flips, 0).astype(jnp.int32)
         on_through = jnp.where((ok & through_lane)[:, None], s.on ^ flips, s.on)
         # (its crossings are taken, not searched)
-        trig = trig.at[:, :P].set(trig[:, :P] & ~through_lane[:, None])
+        trig = trig.at[:, :P].set(trig[:, :P] & ~through_lane[:, None]) & ok[:, None]
         # after kinks whose error it could not step through, a lane locates its next
         # LOCATE_STEPS accepted steps' crossings (sparse kinks fail one by one: stepping
         # through the next one at once would fail again); after a slide, the one step
         located = jnp.where(
-            locate, jnp.where(cut, -1, jnp.where(back, 1, LOCATE_STEPS)),
+            locate, jnp.where(cut, -1, jnp.where(back | released, 1, LOCATE_STEPS)),
             jnp.where(ok, jnp.where(s.located < 0, 1, jnp.maximum(s.located - 1, 0)),
                       s.located))
     has_ev = jnp.any(trig, axis=1)

@@ -88,8 +88,9 @@ def through(setup, data, y1, t, h, on, on_end, held, E0, E1, slots: int = 0):
     crossing, as a fraction of the step (1 if none). One backward pass (the field and c = dL/dh
     at y1 under the end's sides) and one linearisation of the pre-activations (its transpose
     for the error, a jvp for the rates). ``slots`` > 0, for a lane that holds pairs: the field
-    and the jumps projected onto the held kinks (the held rows at y1; at depth 2 they do not
-    depend on the pattern, deeper they are the end's)."""
+    and the jumps projected onto the held kinks (the held rows at y1: the first layer's do not
+    depend on the pattern; a flip at a point where a deeper pair is held counts as pushed
+    back, since it changes that pair's row)."""
     model = setup.model
     P = setup.pairs
     flips = on_end != on
@@ -118,6 +119,13 @@ def through(setup, data, y1, t, h, on, on_end, held, E0, E1, slots: int = 0):
     # values at the ends and the end rate, to tell pairs that crossed, went on and turned from
     # those pushed back at once, missed slides whose kink lay early in the step.)
     pushed = flips & (jnp.where(on_end, 1.0, -1.0) * dz < 0)
+    if slots and len(model.hidden) > 1:
+        # a flip at a point where a deeper pair is held changes that pair's row of J, which the
+        # projected jump above leaves out: the step must not go through it either
+        n = data.X.shape[0]
+        H = held.reshape(n, model.hsum)
+        deep_at = jnp.any(H[:, model.hidden[0]:], axis=1)
+        pushed = pushed | (flips.reshape(n, model.hsum) & deep_at[:, None]).reshape(-1)
     return kink, jnp.any(pushed), jnp.min(jnp.where(pushed, frac, 1.0))
 
 
