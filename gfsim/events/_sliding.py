@@ -40,14 +40,23 @@ def held_slots(held: Bool[Array, " P"], slots: int) -> tuple[Int[Array, " K"], B
     return idx, valid
 
 
-def _cholesky_solve(G, valid, rhs):
-    """G^-1 rhs over the valid rows of a Gram matrix (last two axes; Cholesky, with a relative
-    jitter; unused rows are identity rows)."""
+def _jittered(G, valid):
+    """Gram matrices (last two axes) with a relative jitter on the valid rows' diagonal and
+    unused rows made identity rows. The jitter is 1e-13 of the largest diagonal entry, and at
+    least 100 ulps (under float32 1e-13 would be none, and an inverse of a clamped pivot
+    overflows); its floor: a held pair whose input has died has a zero row, and so may all."""
+    tiny = jnp.finfo(G.dtype).tiny
     diag = jnp.diagonal(G, axis1=-2, axis2=-1)
-    scale = jnp.maximum(jnp.max(diag, axis=-1, keepdims=True), jnp.finfo(G.dtype).tiny)
-    # (the floor: a held pair whose input has died has a zero row, and so may all of them)
-    jitter = jnp.maximum(1e-13 * scale, jnp.finfo(G.dtype).tiny)
-    G = G + jnp.where(valid, jitter, 1.0)[..., None] * jnp.eye(G.shape[-1], dtype=G.dtype)
+    scale = jnp.maximum(jnp.max(diag, axis=-1, keepdims=True), tiny)
+    rel = max(1e-13, 100.0 * float(jnp.finfo(G.dtype).eps))
+    jitter = jnp.maximum(rel * scale, tiny)
+    return G + jnp.where(valid, jitter, 1.0)[..., None] * jnp.eye(G.shape[-1], dtype=G.dtype)
+
+
+def _cholesky_solve(G, valid, rhs):
+    """G^-1 rhs over the valid rows of a Gram matrix (last two axes; Cholesky, with
+    :func:`_jittered`'s jitter; unused rows are identity rows)."""
+    G = _jittered(G, valid)
     # Cholesky, not LU: jaxlib's thread-pooled batched LU deadlocked at 64 slots
     return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(G), rhs[..., None])[..., 0]
 
@@ -66,14 +75,7 @@ def _blocks_factor(G, valid):
     Cholesky factorisations, one per unit and lane, coincided with worker segfaults in the
     test suite.)"""
     s = G.shape[-1]
-    diag = jnp.diagonal(G, axis1=-2, axis2=-1)
-    scale = jnp.maximum(jnp.max(diag, axis=-1, keepdims=True), jnp.finfo(G.dtype).tiny)
-    # (relative 1e-13, and at least 100 ulps: under float32 1e-13 would be no jitter at all,
-    # and the inverse of a clamped pivot overflows)
-    rel = max(1e-13, 100.0 * float(jnp.finfo(G.dtype).eps))
-    jitter = jnp.maximum(rel * scale, jnp.finfo(G.dtype).tiny)
-    eye = jnp.eye(s, dtype=G.dtype)
-    G = G + jnp.where(valid, jitter, 1.0)[..., None] * eye
+    G = _jittered(G, valid)
     rows = jnp.arange(s)
     tiny = jnp.finfo(G.dtype).tiny
     if s <= _UNROLL_BLOCK:
