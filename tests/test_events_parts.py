@@ -357,6 +357,55 @@ def test_the_default_event_controller_is_a_pid_controller_usable_by_diffrax():
         assert int(getattr(ev, f)) == int(getattr(pl, f)), f
 
 
+def test_the_event_controllers_rules_by_hand():
+    """The default rule is the I rule (0.9 err^(-1/q), an accepted step may also shrink, to 0.2
+    at least): exactly the formula, whatever the history. A sliding run's accepted steps are
+    sized by Diffrax's PI rule (pcoeff 0.4 / icoeff 0.3: the factor and the state of
+    diffrax.PIDController where that never-shrinking rule and this one agree), the history
+    moving on accepted steps only; its rejected ones by the I rule."""
+    from gfsim.events._control import EventController
+
+    y0, y1 = jnp.ones(3), jnp.ones(3)
+    one = jnp.ones(())
+
+    def step(ctrl, err, state):  # error ratio err: y_error = err * (atol + rtol * |y|)
+        ye = jnp.full(3, err * (ctrl.atol + ctrl.rtol))
+        keep, t0, t1, _, state, _ = ctrl.adapt_step_size(
+            jnp.zeros(()), one, y0, y1, None, ye, 5, state)
+        return bool(keep), float(t1 - t0), state
+
+    ctrl = EventController(rtol=1e-6, atol=1e-9)
+    fresh = (one, one, False)
+    for err in (1e-8, 1e-3, 0.5, 1.0, 4.0, 1e6):  # every clip: 10, 0.2 (accepted), 0.1
+        want = float(np.clip(0.9 * max(err, 1e-10) ** (-1.0 / 5), 0.2 if err <= 1 else 0.1,
+                             10.0 if err <= 1 else 0.9))
+        for state in (fresh, step(ctrl, 0.01, fresh)[2]):
+            assert step(ctrl, err, state)[1] == pytest.approx(want, rel=1e-14)
+    pi = ctrl.sliding_rule()
+    assert (pi.pcoeff, pi.icoeff, pi.rtol, pi.atol) == (0.4, 0.3, 1e-6, 1e-9)
+    keep, h, state = step(pi, 0.5, fresh)
+    assert keep and h == pytest.approx(0.9 * 0.5 ** (-0.7 / 5))  # no history yet
+    keep, h, state2 = step(pi, 0.25, state)
+    assert keep and h == pytest.approx(0.9 * 0.25 ** (-0.7 / 5) * 0.5 ** (0.4 / 5)) and h > 1
+    assert (float(state2[0]), float(state2[1])) == pytest.approx((4.0, 2.0))
+    # Diffrax's PIDController with the same pair, from the same state: the same factor and state
+    dfx = diffrax.PIDController(rtol=1e-6, atol=1e-9, pcoeff=0.4, icoeff=0.3)
+    ye = jnp.full(3, 0.25 * (1e-9 + 1e-6))
+    _, t0, t1, _, dstate, _ = dfx.adapt_step_size(jnp.zeros(()), one, y0, y1, None, ye, 5,
+                                                  state)
+    assert float(t1 - t0) == pytest.approx(h, rel=1e-12)
+    assert (float(dstate[0]), float(dstate[1])) == pytest.approx((4.0, 2.0), rel=1e-12)
+    keep, h, state3 = step(pi, 3.0, state2)  # rejected: the I rule, and the history stays
+    assert not keep and h == pytest.approx(0.9 * 3.0 ** (-1 / 5))
+    assert (float(state3[0]), float(state3[1])) == pytest.approx((4.0, 2.0))
+    # an accepted step may also shrink (after a much smaller error), to 0.2 at least
+    keep, h, _ = step(pi, 1.0, state2)
+    assert keep and h == pytest.approx(0.9 * 0.25 ** (0.4 / 5)) and h < 1
+    _, _, tiny = step(pi, 1e-12, state2)
+    assert step(pi, 1.0, tiny)[1] == pytest.approx(0.2)
+    assert float(step(pi, 0.0, state2)[2][0]) == 1.0  # a zero error: no history (Diffrax's)
+
+
 def test_a_given_controller_is_used_by_both_methods():
     ctrl = diffrax.PIDController(rtol=1e-4, atol=1e-7)
     net = gfsim.MLP((2, 3, 1), key=jax.random.key(0))

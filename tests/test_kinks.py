@@ -11,6 +11,8 @@ from helpers import flat
 import gfsim
 from gfsim import Status
 from gfsim import analysis as A
+from gfsim.events._control import EventController
+from gfsim.methods import Events
 
 
 def _flat_final(tr):
@@ -232,7 +234,22 @@ def test_depth2_case_64_seeds_reach_t1_and_agree_across_tolerances():
     coarse = gfsim.simulate(net, data, 10.0, rtol=1e-8, **CASE1)
     assert np.all(np.asarray(fine.status) == Status.REACHED_T1)
     assert np.all(np.asarray(coarse.status) == Status.REACHED_T1)
-    assert np.max(_rel(_flat_final(coarse), _flat_final(fine))) <= 1e-7
+    err = _rel(_flat_final(coarse), _flat_final(fine))
+    # a few seeds leave a kink tangentially (a held pair's multiplier reaches its bound with
+    # zero speed): whether and when that pair lets go is decided at the tolerance's level, and
+    # the endpoints then differ by up to ~4e-6 between tolerances (measured: seeds 22, 43, 58
+    # above 1e-7 at rtol 1e-8 against 1e-10, 4.1e-6 at most; under the I rule throughout, seeds
+    # 4, 10, 58 at rtol 1e-10 against 1e-12; a Dopri8 solve at rtol 1e-12 differs from both on
+    # seed 43 by 4e-6); the median, 7.5e-10, is far below
+    assert np.median(err) <= 1e-8 and np.sum(err > 1e-7) <= 4 and np.max(err) <= 1e-5
+    # the default rule (the PI rule on sliding runs' steps) against the I rule throughout, at
+    # the same rtol: fewer rejected steps (measured 225 against 345), and no less accurate
+    # (median 7.5e-10 against 1.1e-9)
+    i_rule = gfsim.simulate(net, data, 10.0, method=Events(controller=EventController(
+        rtol=1e-8, atol=1e-11, sliding_pcoeff=0, sliding_icoeff=1)), **CASE1)
+    assert np.all(np.asarray(i_rule.status) == Status.REACHED_T1)
+    assert 4 * int(np.sum(coarse.num_rejected)) < 3 * int(np.sum(i_rule.num_rejected))
+    assert np.median(err) <= np.median(_rel(_flat_final(i_rule), _flat_final(fine)))
     assert np.sum(np.asarray(fine.num_slides) > 0) >= 32  # most seeds slide at some point
     # the single-run solve of seed 0 is the batch's lane 0
     one = gfsim.simulate(net[0], data, 10.0, rtol=1e-10, **CASE1)
@@ -460,8 +477,6 @@ def test_steps_go_through_dense_crossings_at_a_loose_tolerance():
     Both runs slide by the end (the second holds pairs from t = 4 on, and its steps go
     through its free pairs' crossings on the sliding field): the held sets at every save time
     are the located flow's."""
-    from gfsim.methods import Events
-
     net, data = _dense_case()
     ts = np.linspace(0.0, 8.0, 5)
     ref = gfsim.simulate(net, data, 8.0, ts=ts, rtol=1e-10, method=Events(crossings="locate"))
@@ -488,8 +503,6 @@ def test_stepping_through_still_finds_the_slide():
     kink's error alone would let a step through it pass: its pair's new side pushes it back,
     so the step is not taken through it; the kink is located and the pair slides, on the closed
     form (a step through it would flip it and chatter: crossings, no slide)."""
-    from gfsim.methods import Events
-
     net, data, x2 = _single_unit()
     ts = np.linspace(0.0, 5.0, 6)
     tr = gfsim.simulate(net, data, 5.0, ts=ts, reduction="sum", rtol=1e-3,

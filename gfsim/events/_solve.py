@@ -398,8 +398,9 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         yerr = jnp.abs(yerr) + jnp.abs(kink)
         err = jax.vmap(lambda a, b, e: _step.error_ratio(a, b, e, setup.rtol, setup.atol))(
             s.y, y1, yerr)
-    keep, h_next, cstate = jax.vmap(lambda h, y0, y1_, ye, cs: _control.adapt(
-        setup, h, y0, y1_, ye, cs))(s.h, s.y, y1, yerr, s.controller_state)
+    keep, h_next, cstate = jax.vmap(lambda h, y0, y1_, ye, cs, holds: _control.adapt(
+        setup, h, y0, y1_, ye, cs, holds))(
+        s.h, s.y, y1, yerr, s.controller_state, jnp.any(s.held, axis=1))
     ok = keep & jnp.isfinite(err) & jnp.all(jnp.isfinite(y1), axis=1) & active
     trig = (E1 < 0) & (E1 < s.event_values) & ok[:, None]
     located, n_through = s.located, jnp.zeros(s.t.shape, jnp.int32)
@@ -476,7 +477,10 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
 
     # 5. step size and status
     h_new = jnp.where(active, h_next, s.h)
-    cstate = select(active, cstate, s.controller_state)
+    # the controller's history (the PI rule's last error) moves on steps taken in full only: not
+    # on a step the solver took back (an implicit one at an event, a non-finite end), nor on one
+    # cut short at t1 or a save time, whose error is not that of the proposed h
+    cstate = select(active & ok & (t_next >= s.t + s.h), cstate, s.controller_state)
     t_new = jnp.where(ok, t_end, s.t)
     moved = Lanes(
         t=t_new, y=y_new, h=h_new, controller_state=cstate, on=on_new, held=held_new,
