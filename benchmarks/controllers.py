@@ -65,7 +65,22 @@ def measure(p, ref, rtols, lanes=None):
                   f"{row['accuracy']:.2e} worst {row['max_error']:.2e}, {row['status']}",
                   flush=True)
             rows.append(row)
+            release()
     return rows
+
+
+def release():
+    """Let the compiled programs go: one process compiling every rule's programs ran out of
+    memory mappings (an LLVM allocation failure, then a segfault)."""
+    import gc
+
+    import jax
+
+    from gfsim import _exported
+
+    jax.clear_caches()
+    _exported._MEMO.clear()
+    gc.collect()
 
 
 def matched(rows, targets, key="steps"):
@@ -126,6 +141,8 @@ def main(out, we=False, only=(), gd=False, extra=False):
             res = json.load(f)
     if extra:
         extras(res)
+        with open(out, "w") as f:
+            json.dump(res, f, indent=1)
     for p, rtols, lanes, targets in cases:
         ref, _ = M.reference(p)
         if gd and p.name in res and p.workload == "W-E":
@@ -147,6 +164,8 @@ def main(out, we=False, only=(), gd=False, extra=False):
                    for k, v in res[p.name]["matched_steps"][name].items()}, "s",
                   {k: (None if v is None else round(v, 2))
                    for k, v in res[p.name]["matched_s"][name].items()}, flush=True)
+        with open(out, "w") as f:  # (after each problem: a late failure keeps the rest)
+            json.dump(res, f, indent=1)
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
 
