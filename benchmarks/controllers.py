@@ -166,8 +166,6 @@ def main(out, we=False, only=(), gd=False, extra=False):
                    for k, v in res[p.name]["matched_s"][name].items()}, flush=True)
         with open(out, "w") as f:  # (after each problem: a late failure keeps the rest)
             json.dump(res, f, indent=1)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -424,7 +424,6 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         # (the fraction is of the step taken, which t1 or a save time may have cut short of h)
         h_next = jnp.where(locate, jnp.where(cut, CUT_SHORT * back_frac * (t_next - s.t), s.h),
                            h_next)
-        cstate = select(locate, s.controller_state, cstate)
         ok = ok & ~locate
         n_through = jnp.where(ok & through_lane, n_flips, 0).astype(jnp.int32)
         on_through = jnp.where((ok & through_lane)[:, None], s.on ^ flips, s.on)
@@ -480,7 +479,7 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
     # the controller's history (the PI rule's last error) moves on steps taken in full only: not
     # on a step the solver took back (an implicit one at an event, a non-finite end), nor on one
     # cut short at t1 or a save time, whose error is not that of the proposed h
-    cstate = select(active & ok & (t_next >= s.t + s.h), cstate, s.controller_state)
+    cstate = select(ok & (t_next >= s.t + s.h), cstate, s.controller_state)  # (ok: active)
     t_new = jnp.where(ok, t_end, s.t)
     moved = Lanes(
         t=t_new, y=y_new, h=h_new, controller_state=cstate, on=on_new, held=held_new,
