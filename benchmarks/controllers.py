@@ -1,6 +1,6 @@
 """The event solver's step-size rules side by side: the default EventController (the I rule, and
-Diffrax's PI rule, pcoeff 0.4 / icoeff 0.3, on the steps of runs that hold pairs on kinks), the
-I rule throughout (its default before), the PI rule throughout and Diffrax's own PIDController,
+Diffrax's PI rule, pcoeff 0.4 / icoeff 0.3, on the steps of runs at kinks: holding pairs, or
+stepping through kinks under crossings="step"), the I rule throughout (its default once), the PI rule throughout and Diffrax's own PIDController,
 on W-A (288 runs) and W-B quick (16 runs) at rtol 1e-4, 1e-6 and 1e-8, each
 against the workload's Dopri8 reference; with --we also W-E quick at depth 2, one lane, rtol 1e-4
 and 1e-5. Prints total steps, rejected steps, steady-state time and median / worst relative error,
@@ -33,7 +33,7 @@ from gfsim.methods import Events
 
 def rules(rtol):
     atol = rtol * 1e-3  # simulate's default atol
-    return {"default (PI sliding)": EventController(rtol=rtol, atol=atol),
+    return {"default (PI at kinks)": EventController(rtol=rtol, atol=atol),
             "I rule throughout": EventController(rtol=rtol, atol=atol, sliding_pcoeff=0,
                                                  sliding_icoeff=1),
             "PI throughout": EventController(rtol=rtol, atol=atol, pcoeff=0.4, icoeff=0.3),
@@ -117,7 +117,7 @@ def extras(res):
                             0.3 * jax.random.normal(k[3], (2, 4))], "relu")
     rows = []
     for name, ctrl in rules(1e-8).items():
-        if name not in ("default (PI sliding)", "PI throughout"):
+        if name not in ("default (PI at kinks)", "PI throughout"):
             continue
         tr = simulate(net, data, 1e4, num_saves=8, method=Events(controller=ctrl))
         rows.append(dict(rule=name, method=tr.method, status=str(tr.status_labels()),

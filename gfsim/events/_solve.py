@@ -216,6 +216,7 @@ def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
         watch=jnp.zeros((B, 2), theta0.dtype),
         implicit=jnp.full((B,), resume is not None),
         located=jnp.zeros((B,), jnp.int32),
+        kink_calm=jnp.full((B,), _control.KINK_MEMORY, jnp.int32),
     )
 
 
@@ -398,9 +399,17 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         yerr = jnp.abs(yerr) + jnp.abs(kink)
         err = jax.vmap(lambda a, b, e: _step.error_ratio(a, b, e, setup.rtol, setup.atol))(
             s.y, y1, yerr)
+    # the PI rule (EventController.sliding_rule) for lanes at kinks: holding pairs, or (under
+    # crossings="step") stepping through kinks - this trial step or one of the last
+    # KINK_MEMORY accepted ones went through some: there a step's error grows like h with the
+    # kinks it meets and the I rule cycles between accepting and rejecting. The I rule
+    # elsewhere (the stiffness watch reads its overshoots of the stability boundary).
+    at_kinks = jnp.any(s.held, axis=1)
+    if setup.stepping:
+        at_kinks = at_kinks | (n_flips > 0) | (s.kink_calm < _control.KINK_MEMORY)
     keep, h_next, cstate = jax.vmap(lambda h, y0, y1_, ye, cs, holds: _control.adapt(
         setup, h, y0, y1_, ye, cs, holds))(
-        s.h, s.y, y1, yerr, s.controller_state, jnp.any(s.held, axis=1))
+        s.h, s.y, y1, yerr, s.controller_state, at_kinks)
     ok = keep & jnp.isfinite(err) & jnp.all(jnp.isfinite(y1), axis=1) & active
     trig = (E1 < 0) & (E1 < s.event_values) & ok[:, None]
     located, n_through = s.located, jnp.zeros(s.t.shape, jnp.int32)
@@ -488,7 +497,9 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         first_stage=fsal1,
         done=s.done, status=s.status, steps=s.steps, accepted=s.accepted, rejected=s.rejected,
         crossings=s.crossings + n_cross, slides=s.slides + n_slide, save_index=save_index,
-        loss0=s.loss0, watch=s.watch, implicit=s.implicit, located=located)
+        loss0=s.loss0, watch=s.watch, implicit=s.implicit, located=located,
+        kink_calm=(jnp.where(n_flips > 0, 0, jnp.minimum(s.kink_calm + 1, _control.KINK_MEMORY))
+                   if setup.stepping else s.kink_calm))
     if setup.watch:  # accepted explicit steps count (implicit ones as calm)
         moved = moved.replace(watch=count_stiff(s.watch, stiff & ~s.implicit))
     # an accepted step moves the lane; a rejected one keeps its state (but its new step size

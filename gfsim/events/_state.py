@@ -42,6 +42,9 @@ class Lanes(eqx.Module):
     # crossings="step": how many more accepted steps locate their crossings (0: steps go
     # through them)
     located: Int[Array, " L"]
+    # crossings="step": accepted steps in a row that went through no kink (from
+    # _control.KINK_MEMORY on, the lane's steps are sized by the I rule again)
+    kink_calm: Int[Array, " L"]
 
     def replace(self, **changes) -> Lanes:
         return dataclasses.replace(self, **changes)

@@ -60,11 +60,10 @@ PAIR = {
 PAIR_SR_FAR = 1.5  # "far from rank one", as in claim 2: stable rank >= 1.5 (ratio <= 0.816)
 BOOTSTRAP = 2000
 # method: the event-driven ReLU solver (gfsim.events), the exact flow through every kink. The
-# quick profile's depths stop at 4: at n = 128 the event solver's 8-seed calls take about 12 /
-# 18 / 22 s at depths 2 / 3 / 4 on a 2-core CPU (compile included; 500-900 steps a run, 700-2600
-# crossings), but 132 s at depth 6 (1100-2000 steps, 3400-7200 crossings, half the steps
-# rejected where they go through kinks), which alone would take the quick run past its five
-# minutes. The tiny profile (tests) keeps the plain solver at n = 32 to stay cheap to compile.
+# quick profile's depths stop at 4: at n = 128 the event solver's 8-seed calls take about 13 /
+# 20 / 25 s at depths 2 / 3 / 4 on a 2-core CPU (compile included; 550-1000 steps a run,
+# 500-2600 crossings), but 124 s at depth 6 (900-1900 steps, 3400-7200 crossings), which alone
+# would take the quick run past its five minutes (benchmarks/depth_events.py). The tiny profile (tests) keeps the plain solver at n = 32 to stay cheap to compile.
 # control: (init scale, t1) of a second run at the shallowest and the deepest depth. The claim
 # is about small init; a fall with depth that shrinks with the init is the init's residue.
 TEACHER_WIDTHS = (10, 1)
