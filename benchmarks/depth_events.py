@@ -58,9 +58,11 @@ def main(argv=None):
               f"crossings {min(row['crossings'])}-{max(row['crossings'])}, "
               f"{sorted(set(row['status']))}", flush=True)
         rows.append(row)
-    json.dump(dict(settings={**cfg, "depths": depths, "crossings": a.crossings,
-                             "profile": a.profile}, rows=rows), open(a.out, "w"), indent=1,
-              default=str)
+        # written after each depth (a long one may be stopped)
+        with open(a.out, "w") as f:
+            json.dump(dict(settings={**cfg, "depths": depths, "crossings": a.crossings,
+                                     "profile": a.profile, "loss": cfg["losses"][0]},
+                           rows=rows), f, indent=1, default=str)
 
 
 if __name__ == "__main__":
