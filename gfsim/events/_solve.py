@@ -284,7 +284,7 @@ def _cut_at_events(setup: Setup, s: Lanes, data, t_next, y1, dense, trig, has_ev
     return jax.lax.cond(jnp.any(has_ev), lambda: cut_and_apply(sliding), no_event_branch)
 
 
-def _refresh(setup: Setup, s: Lanes, data, y_new, on_new, held_new, fresh, still):
+def _refresh(setup: Setup, s: Lanes, data, y_new, on_new, held_new, fresh, still, firsts):
     """After events and sliding steps: the projection back onto the held kinks, and the event
     values and offsets afresh.
 
@@ -295,7 +295,10 @@ def _refresh(setup: Setup, s: Lanes, data, y_new, on_new, held_new, fresh, still
     side than the offset allows: it drifted there, or a projection moved it) has its pattern
     set to the side its pre-activation is on, and the event values are evaluated afresh.
     (Refreshing every offset at every event let a pair that drifts the wrong way push its
-    threshold ahead of it for good, with the pattern wrong and the loss rising.)"""
+    threshold ahead of it for good, with the pattern wrong and the loss rising.)
+
+    ``firsts``: the lanes' first-layer rows of the iteration's start held set (:func:`held_rows`),
+    used where no lane's held set changed."""
     m = setup.model
     P = setup.pairs
 
@@ -304,7 +307,11 @@ def _refresh(setup: Setup, s: Lanes, data, y_new, on_new, held_new, fresh, still
         first = None
         if slots:
             # (the new held set's first-layer rows, once for the projection and the values)
-            first = jax.vmap(lambda d, hl: _sliding.first_rows(m, d, hl))(data, held_new)
+            # (built afresh only on iterations where some lane's held set changed)
+            first = jax.lax.cond(
+                jnp.any(held_new != s.held),
+                lambda: jax.vmap(lambda d, hl: _sliding.first_rows(m, d, hl))(data, held_new),
+                lambda: firsts)
             yp = jnp.where(
                 still[:, None],
                 jax.vmap(lambda y, o, hl, d, f: _sliding.project(m, d, y, o, hl, slots, f))(
@@ -341,6 +348,21 @@ def _refresh(setup: Setup, s: Lanes, data, y_new, on_new, held_new, fresh, still
     return yp, on2, raw + off, off, jnp.sum(past, axis=1).astype(jnp.int32)
 
 
+def held_rows(setup: Setup, data, held):
+    """The lanes' first-layer rows of their held sets (:func:`gfsim.events._sliding.first_rows`:
+    a nonzero search, a gather, Gram blocks and their inverses), built on iterations where some
+    lane holds pairs (zeros otherwise, unused): the trial step, the kinks it went through and
+    the refresh share them, where each built its own (three times per sliding iteration)."""
+    m = setup.model
+
+    def build():
+        return jax.vmap(lambda d, hl: _sliding.first_rows(m, d, hl))(data, held)
+
+    shapes = jax.eval_shape(build)
+    return jax.lax.cond(jnp.any(held), build, lambda: jax.tree_util.tree_map(
+        lambda a: jnp.zeros(a.shape, a.dtype), shapes))
+
+
 def _iterate(setup: Setup, state: LoopState) -> LoopState:
     """One iteration of the loop over all lanes."""
     s = state.lanes
@@ -355,13 +377,15 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
     if setup.implicit_steps:
         through_lane = through_lane & ~s.implicit
 
+    firsts = held_rows(setup, data, s.held)
+
     # 1. the trial step
     def trial(slots):
         return jax.vmap(
-            lambda y, t, h, o, hl, j, f, i, d, off, ad: _step.attempt(
-                setup, d, y, t, h, o, hl, j, f, i, slots, off, ad)
+            lambda y, t, h, o, hl, j, f, i, d, off, ad, fr: _step.attempt(
+                setup, d, y, t, h, o, hl, j, f, i, slots, off, ad, fr)
         )(s.y, s.t, s.h, s.on, s.held, s.jump, s.first_stage, s.save_index, data,
-          s.event_offsets, through_lane)
+          s.event_offsets, through_lane, firsts)
 
     out = setup.by_projection(sliding, trial)
     if setup.implicit_steps:
@@ -390,9 +414,9 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
         def kinks():
             def run(slots):
                 return jax.vmap(
-                    lambda y, t, tn, o, oe, hl, d, e0, e1: _step.through(
-                        setup, d, y, t, tn - t, o, oe, hl, e0, e1, slots)
-                )(y1, s.t, t_next, s.on, on_end, s.held, data, s.event_values, E1)
+                    lambda y, t, tn, o, oe, hl, d, e0, e1, fr: _step.through(
+                        setup, d, y, t, tn - t, o, oe, hl, e0, e1, slots, fr)
+                )(y1, s.t, t_next, s.on, on_end, s.held, data, s.event_values, E1, firsts)
 
             kink, back, back_frac = setup.by_projection(sliding, run)
             return kink, back & through_lane, back_frac
@@ -476,7 +500,7 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
     fresh = has_ev | still | (n_through > 0)
     y_new, on_new, E_new, off_new, n_flip = jax.lax.cond(
         jnp.any(fresh),
-        lambda: _refresh(setup, s, data, y_new, on_new, held_new, fresh, still),
+        lambda: _refresh(setup, s, data, y_new, on_new, held_new, fresh, still, firsts),
         # (no run with an event or a projection: the values at the step's end, offsets kept)
         lambda: (y_new, on_new, E1, s.event_offsets, jnp.zeros_like(n_cross)))
     n_cross = n_cross + n_flip + n_through

@@ -77,7 +77,7 @@ def quadrature_gap(tab, frac):
     return past @ b - (1.0 - frac)
 
 
-def through(setup, data, y1, t, h, on, on_end, held, E0, E1, slots: int = 0):
+def through(setup, data, y1, t, h, on, on_end, held, E0, E1, slots: int = 0, first=None):
     """The kinks a step from clock time ``t`` of size ``h`` went through (``crossings="step"``;
     ``E0``, ``E1``: the event values at its two ends with offsets, crossings measured from the
     start's sides ``on``): the error they add, the sum over the flipped pairs of the jump of the
@@ -90,7 +90,8 @@ def through(setup, data, y1, t, h, on, on_end, held, E0, E1, slots: int = 0):
     for the error, a jvp for the rates). ``slots`` > 0, for a lane that holds pairs: the field
     and the jumps projected onto the held kinks (the held rows at y1: the first layer's do not
     depend on the pattern; a flip at a point where a deeper pair is held counts as pushed
-    back, since it changes that pair's row)."""
+    back, since it changes that pair's row). ``first``: the held set's first-layer rows
+    (:func:`gfsim.events._sliding.first_rows`; None: built here)."""
     model = setup.model
     P = setup.pairs
     flips = on_end != on
@@ -102,7 +103,7 @@ def through(setup, data, y1, t, h, on, on_end, held, E0, E1, slots: int = 0):
     g, c_end = model.grad_and_c(y1, data, D_end)
     F = -g
     if slots:  # a lane that holds pairs: the field and the jumps projected onto its kinks
-        rows = _sliding.HeldRows(model, data, y1, D_end, held, slots)
+        rows = _sliding.HeldRows(model, data, y1, D_end, held, slots, first)
         project = lambda v: v - rows.min_norm(*rows.apply(v))[0]  # noqa: E731
         F = project(F)
     zf = lambda th: model.forward(th, data.X, D_end)[1]  # noqa: E731
@@ -130,7 +131,7 @@ def through(setup, data, y1, t, h, on, on_end, held, E0, E1, slots: int = 0):
 
 
 def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int,
-            offsets=None, adapt=None):
+            offsets=None, adapt=None, first=None):
     """One trial step of one run from ``(t, y)`` with step size ``h``, cut at t1 and at the
     ``SAVE_SLOTS``-th pending save time. Returns y1, t_next, the error estimate, its ratio to
     the tolerance (for the acceptance test see :mod:`._control`), the dense output, the next
@@ -140,7 +141,8 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int,
     Under ``crossings="step"`` (``setup.stepping``) and ``adapt`` (the driver passes it for the
     lanes that step through crossings), each stage takes every free
     pair on the side its state is on (:func:`gfsim.events._functions.stage_sides`, with the
-    crossing ``offsets`` at the start); the driver adds the kinks' error (:func:`through`)."""
+    crossing ``offsets`` at the start); the driver adds the kinks' error (:func:`through`).
+    ``first``: the held set's first-layer rows (None: built here when ``slots``)."""
     model, solver = setup.model, setup.solver
     t_next = _step_end(setup, t, h, save_index)
     clocked = _clock(setup)
@@ -165,7 +167,10 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int,
                                                         jump)
     else:
         # (the held rows' first-layer part, once for the step's stages and its end)
-        first = _sliding.first_rows(model, data, held) if slots else None
+        if not slots:
+            first = None
+        elif first is None:
+            first = _sliding.first_rows(model, data, held)
         term = diffrax.ODETerm(lambda t_, y_, a: clocked(
             t_, _sliding.field(model, data, y_, sides(y_), held, slots, first=first)[0]))
         y1, yerr, dense, fsal1, _ = solver.step(term, t, t_next, y, None, fsal, jump)
