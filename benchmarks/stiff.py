@@ -1,6 +1,6 @@
 """Stiff endpoints and long horizons: explicit against implicit steps (issue 16).
 
-    python benchmarks/stiff.py [--profile quick|full] [--cases lsq relu slide exp wd]
+    python benchmarks/stiff.py [--profile quick|full] [--cases lsq relu slide slide1 exp wd]
         [--out benchmarks/results/stiff_quick.json]
 
 Cases (every one run to where the flow has done its work: a stiff endpoint or t1 = 1e20):
@@ -16,7 +16,11 @@ Cases (every one run to where the flow has done its work: a stiff endpoint or t1
   map), t1 = 1e4, rtol 1e-8, method "events".
 - S-RELU-SLIDE (``--cases slide``, not in the default run): tests/test_stiff.py's plateau case
   (a depth-3 ReLU net on 20 points no net can fit), t1 = 1e4: a tail that slides (pairs held
-  on their kinks), where "auto" stays explicit.
+  on their kinks below the first hidden layer, where "auto" stays explicit).
+- S-RELU-SLIDE-1 (``--cases slide1``): the same 20 points, depth-2 ReLU nets 3 -> 16 -> 1 (init
+  scale 0.5, a batch of seeds), t1 = 1e4, default rtol: tails that slide on first-layer kinks,
+  which "auto" steps implicitly on the sliding field; the error is the final weights' against
+  Tsit5 at rtol 1e-10, and the held sets at the end are compared with its.
 - S-EXP: the exponential loss on separable data (12 points in 3-D, a linear classifier of
   width 4), t1 = 1e20: steps per decade, clock "linear" against "log".
 
@@ -145,6 +149,35 @@ def case_slide(repeats):
     return out
 
 
+def case_slide_first(seeds, repeats):
+    base = gfsim.data.teacher_student(jax.random.key(7), n=16, dim=3)
+    data = gfsim.Dataset(jnp.concatenate([base.X, base.X[:4]]),
+                         jnp.concatenate([base.Y, -base.Y[:4]]))
+    nets = gfsim.MLP((3, 16, 1), key=jax.random.key(9), scale=0.5, runs=seeds)
+    kw = dict(num_saves=8, max_steps=1_000_000)
+    ref = gfsim.simulate(nets, data, 1e4, rtol=1e-10, solver="tsit5", **kw)
+
+    def flat(tr):
+        return np.concatenate([np.asarray(w).reshape(seeds, -1) for w in tr.final_weights],
+                              axis=1)
+
+    ref_held = np.asarray(ref.sliding[0])[:, -1]
+    out = []
+    for solver in ("tsit5", "auto"):
+        tr, first, steady = timed(lambda s=solver: gfsim.simulate(
+            nets, data, 1e4, solver=s, **kw), repeats)
+        r = row("S-RELU-SLIDE-1", solver, tr, first, steady, rel(flat(tr), flat(ref)))
+        held = np.asarray(tr.sliding[0])[:, -1]
+        r["held_at_end"] = [int(h.sum()) for h in held]
+        r["held_sets_as_reference"] = int(sum((h == g).all() for h, g in zip(held, ref_held)))
+        r["crossings"] = [int(c) for c in np.asarray(tr.num_crossings)]
+        r["reference_crossings"] = [int(c) for c in np.asarray(ref.num_crossings)]
+        r["reference_steps"] = steps(ref)
+        r["final_loss_median"] = float(np.median(np.asarray(tr.final_loss)))
+        out.append(r)
+    return out
+
+
 def case_wd(seeds, repeats):
     prob = workloads.workload_d("quick")[0]
     nets = jax.tree_util.tree_map(lambda a: a[:seeds], prob.net)
@@ -199,12 +232,13 @@ def main(argv=None):
     ap.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     ap.add_argument("--out", default=None)
     ap.add_argument("--cases", nargs="+", default=["lsq", "relu", "exp", "wd"],
-                    choices=["lsq", "relu", "slide", "exp", "wd"])
+                    choices=["lsq", "relu", "slide", "slide1", "exp", "wd"])
     args = ap.parse_args(argv)
     p = PROFILES[args.profile]
     cases = {"lsq": lambda: case_lsq(p["seeds"], p["repeats"]),
              "relu": lambda: case_relu(p["seeds"], p["repeats"]),
              "slide": lambda: case_slide(1),
+             "slide1": lambda: case_slide_first(p["seeds"], p["repeats"]),
              "exp": lambda: case_exp(p["repeats"]),
              "wd": lambda: case_wd(p["seeds"], p["repeats"])}
     rows = []

@@ -432,8 +432,8 @@ def simulate(
       stability-limited, as in the stiff tail near a minimum, with more than 2000 explicit
       steps still to go, switches to an implicit Kvaerno5 with Newton iterations on
       Hessian-vector products and ``Trajectory.t_stiff`` says when, :mod:`gfsim.stiff`; under
-      ``"events"`` a run that holds no pair on a kink steps implicitly on its frozen pattern
-      until its next event, outside a trace), ``"tsit5"``, ``"dopri5"``,
+      ``"events"`` a run that holds no pair below the first hidden layer steps implicitly on
+      its frozen pattern, projected while it slides, until its next event, outside a trace), ``"tsit5"``, ``"dopri5"``,
       ``"dopri8"``, ``"kvaerno5"``, ``"bosh3"``, ``"heun"``, a :class:`gfsim.stiff.Auto` or a
       Diffrax solver instance.
     - ``rtol``, ``atol``: PID step-size control tolerances; ``atol`` defaults to ``rtol * 1e-3``.

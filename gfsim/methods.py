@@ -125,9 +125,10 @@ class Events(AbstractMethod):
 
     **Arguments:**
 
-    - ``solver``: ``"auto"`` (default: Tsit5 steps, and where a run that holds no pair on
-      its kinks has steps that are stability-limited, with more than ``Auto.horizon`` of them
-      still to go, implicit Kvaerno5 steps on its frozen pattern until its next event; see
+    - ``solver``: ``"auto"`` (default: Tsit5 steps, and where a run that holds no pair below
+      the first hidden layer has steps that are stability-limited, with more than
+      ``Auto.horizon`` of them still to go, implicit Kvaerno5 steps on its frozen pattern
+      (projected while it slides) until its next event; see
       :mod:`gfsim.stiff`; ``gfsim.stiff.Auto(events=False)``: Tsit5 throughout) or an
       explicit Runge-Kutta solver (``"tsit5"``, ...).
     - ``max_steps``: the step budget per run (default 100,000).

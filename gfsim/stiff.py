@@ -35,10 +35,14 @@ iteration) 517 median steps where Tsit5 takes 8,780. ``linear_solver="dense"`` (
 
 Under the event solver (``method="events"``; ``Auto(events=False)`` keeps it explicit) the same
 watch reads
-the unrolled Tsit5 steps of each lane (:func:`h_rho`, :func:`count_stiff`); a lane that holds no
-pair on a kink and has been stiff for ``patience`` steps takes Kvaerno5 steps on its frozen
-pattern's field (smooth between events) until an implicit step's end shows an event: that step
-is taken back and the lane goes on explicitly, so events are located on explicit steps only.
+the Tsit5 steps of each lane (:func:`h_rho`, :func:`count_stiff`); a lane that holds no pair
+below the first hidden layer and has been stiff for ``patience`` steps takes Kvaerno5 steps on
+its frozen pattern's field (smooth between events) until an implicit step's end shows an event:
+that step is taken back and the lane goes on explicitly, so events are located on explicit steps
+only. A lane that slides on first-layer kinks steps on its sliding field: those kinks are affine
+in the weights (z = w_u . x_i + b_u), so the projection is constant and the Newton systems stay
+symmetric on the sliding manifold's tangent space; a deeper kink is curved, and such a lane
+steps explicitly.
 Outside a trace both the plain and the event solver run the implicit phase as a second program,
 for the runs that switched only (``gfsim.flow._finish_stiff``): a call whose runs never switch
 does not compile it.
@@ -146,7 +150,8 @@ class Auto(eqx.Module):
       materialised Jacobian (one Hessian-vector product per parameter); ``"gmres"``:
       matrix-free restarted GMRES (slow without a preconditioner: see the module's notes).
     - ``events``: whether runs under the event solver switch too (default True: a lane that
-      holds no pair on a kink steps implicitly on its frozen pattern until its next event;
+      holds no pair below the first hidden layer steps implicitly on its frozen pattern,
+      projected while it slides, until its next event;
       605 steps to t = 1e4 where Tsit5 takes 110,374). False: Tsit5 throughout there.
     - ``horizon``: a stiff run switches only while more than this many explicit steps are
       still to go to t1 at its present step size (default :data:`HORIZON` = 2000; 0: as soon

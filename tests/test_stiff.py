@@ -534,3 +534,33 @@ def test_events_after_the_switch_are_located_as_accurately_as_by_explicit_steps(
     after = ts > t_stiff
     for a, b in zip(tr.weights, ref.weights):
         np.testing.assert_allclose(np.asarray(a)[after], np.asarray(b)[after], atol=1e-6)
+
+
+def test_events_a_tail_sliding_on_first_layer_kinks_steps_implicitly():
+    # a depth-2 ReLU net on the plateau case's labels (four points repeated with the opposite
+    # label): from t ~ 500 it slides on first-layer kinks (5-8 pairs held) in a stiff tail.
+    # Those kinks are affine in the weights, so the implicit steps run on the sliding field
+    # (a constant projection); against Tsit5 at rtol 1e-10, the same crossings and slides, the
+    # same held sets, and the states at every save time to the tolerance
+    X = jnp.concatenate([RELU_DATA.X, RELU_DATA.X[:4]])
+    data = gfsim.Dataset(X, jnp.concatenate([RELU_DATA.Y, -RELU_DATA.Y[:4]]))
+    net = gfsim.MLP((3, 8, 1), key=jax.random.key(8), scale=0.5)
+    ts = np.array([0.0, 500.0, 1000.0, 2000.0, 3000.0])
+    tr = gfsim.simulate(net, data, 3000.0, ts=ts)
+    ref = gfsim.simulate(net, data, 3000.0, ts=ts, rtol=1e-10, solver="tsit5")
+    assert tr.method == "gf:auto(tsit5>kvaerno5)+events"
+    assert tr.status_labels() == ref.status_labels() == "reached_t1"
+    held = np.asarray(tr.sliding[0])
+    after = ts > float(tr.t_stiff)
+    assert 500.0 < float(tr.t_stiff) < 1000.0 and held[after].sum(axis=(1, 2)).min() >= 5
+    np.testing.assert_array_equal(held, np.asarray(ref.sliding[0]))
+    # (Tsit5 at the same tolerance takes 8252 steps here, measured)
+    assert int(tr.num_steps) <= 5000, int(tr.num_steps)
+    assert int(tr.num_crossings) == int(ref.num_crossings) > 0
+    assert int(tr.num_slides) == int(ref.num_slides) > 0
+    for a, b in zip(tr.weights, ref.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7)
+    np.testing.assert_allclose(float(tr.final_loss), float(ref.final_loss), rtol=1e-9)
+    # the held pairs on their kinks at the end (the projection back after each step)
+    z = np.asarray(X) @ np.asarray(tr.weights[0][-1]).T  # (no biases)
+    assert np.abs(z[held[-1]]).max() < 1e-9 * np.abs(z).max()

@@ -54,13 +54,15 @@ def crossing(model: FrozenPattern, data, theta, on, held):
     return _crossing(z.reshape(-1), scale.reshape(-1), on, held)
 
 
-def values(model: FrozenPattern, data, theta, on, held, slots: int, first=None, side=None):
-    """The event values at ``theta`` (``slots`` and ``first`` as for
+def values(model: FrozenPattern, data, theta, on, held, slots: int, first=None, side=None,
+           deep: bool = True):
+    """The event values at ``theta`` (``slots``, ``first`` and ``deep`` as for
     :func:`gfsim.events._sliding.field`); the crossing values relative to the sides ``side``
     (default ``on``: a step that went through crossings measures them from its start's)."""
     D = model.slopes(on, held)
     _, z, scale = model.forward(theta, data.X, D, scales=True)
-    lam = (_sliding.field(model, data, theta, on, held, slots, first=first)[1] if slots
+    lam = (_sliding.field(model, data, theta, on, held, slots, first=first, deep=deep)[1]
+           if slots
            else None)
     return assemble(model, z.reshape(-1), scale.reshape(-1), on if side is None else side, held,
                     lam)

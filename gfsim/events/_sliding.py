@@ -179,9 +179,11 @@ def first_rows(model: FrozenPattern, data, held) -> FirstRows:
 class HeldRows:
     """The rows of J for the held pairs of one run, in the two structured parts above, with the
     minimum-norm solve of ``J delta = r``. ``first``: the held set's :class:`FirstRows`
-    (None: built here)."""
+    (None: built here). ``deep`` False: the first layer's rows only (a held set with no pair
+    below the first hidden layer: the deep rows would all be unused)."""
 
-    def __init__(self, model: FrozenPattern, data, theta, D, held, slots: int, first=None):
+    def __init__(self, model: FrozenPattern, data, theta, D, held, slots: int, first=None,
+                 deep: bool = True):
         self.model, self.theta = model, theta
         self.model_pairs = held.shape[0]
         n, h1 = D.shape[0], model.hidden[0]
@@ -190,7 +192,7 @@ class HeldRows:
         self.pts, self.valid1, self.pair1 = first.pts, first.valid1, first.pair1
         self.Xs, self.G1, self.G1inv = first.Xs, first.G1, first.G1inv
         # deeper layers: dense rows
-        self.deep = len(model.hidden) > 1 and slots > 0
+        self.deep = deep and len(model.hidden) > 1 and slots > 0
         if self.deep:
             deep_held = H.at[:, :h1].set(False).reshape(-1)
             self.idx2, self.valid2 = held_slots(deep_held, slots)
@@ -253,7 +255,19 @@ def overflow(model: FrozenPattern, held: Bool[Array, "*B P"], slots: int) -> Boo
     return over
 
 
-def field(model: FrozenPattern, data, theta, on, held, slots: int, grad_fn=None, first=None):
+def deep_held(model: FrozenPattern, held: Bool[Array, "*B P"]) -> Bool[Array, "*B"]:
+    """Whether a held set holds a pair below the first hidden layer. Without one the sliding
+    manifold {z_K = 0} is affine (a first-layer pair's z is linear in its unit's row) and the
+    projection P a constant: the sliding field -P grad L has the Jacobian -P H, symmetric on
+    the tangent space, which the implicit steps' conjugate gradients need."""
+    if len(model.hidden) == 1:
+        return jnp.zeros(held.shape[:-1], bool)
+    H = held.reshape(held.shape[:-1] + (-1, model.hsum))
+    return jnp.any(H[..., model.hidden[0]:], axis=(-2, -1))
+
+
+def field(model: FrozenPattern, data, theta, on, held, slots: int, grad_fn=None, first=None,
+          deep: bool = True):
     """The (possibly sliding) field at ``theta`` and the multipliers lambda of the held pairs
     (``(P,)``, zero for free pairs; None without projection).
 
@@ -261,14 +275,16 @@ def field(model: FrozenPattern, data, theta, on, held, slots: int, grad_fn=None,
     that many dense rows for held pairs below the first hidden layer (static, at least the
     number held there; the first layer's held pairs need none). ``grad_fn``:
     ``model.grad_and_c`` (default) or ``model.grad_and_c_aux``, whose extra outputs (z, scales)
-    are returned too. ``first``: the held set's :class:`FirstRows` (None: built here)."""
+    are returned too. ``first``: the held set's :class:`FirstRows` (None: built here).
+    ``deep`` False: a held set known to hold no deeper pair (:func:`deep_held`), projected off
+    the first layer's rows alone."""
     grad_fn = grad_fn or model.grad_and_c
     D = model.slopes(on, held)
     g, c, *aux = grad_fn(theta, data, D)
     F = -g
     if not slots:
         return (F, None, *aux)
-    rows = HeldRows(model, data, theta, D, held, slots, first)
+    rows = HeldRows(model, data, theta, D, held, slots, first, deep)
     delta, mcoef = rows.min_norm(*rows.apply(F))
     F = F - delta
     tiny = jnp.finfo(F.dtype).tiny

@@ -67,7 +67,7 @@ class Setup:
         self.has_stop_plateau = has_stop_plateau
         # solver="auto" (gfsim.stiff.Auto): its explicit solver steps, watched; under
         # stiff_phase="explicit" a run whose steps are stability-limited (and that holds no
-        # pairs) ends the loop to be continued by the host with stiff_phase="implicit", where
+        # pair below the first hidden layer) ends the loop to be continued by the host with stiff_phase="implicit", where
         # such runs step implicitly until their next event (see flow._finish_stiff)
         self.auto = method.solver if isinstance(method.solver, Auto) else None
         self.solver = self.auto.explicit if self.auto is not None else method.solver
@@ -160,22 +160,26 @@ def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
     the loop's own event handling is the only one compiled.
 
     ``resume``: lanes that go on from where the explicit phase handed them over (their clock
-    time ``t``, state ``y``, pattern ``on``, start loss ``loss0`` and counters; a lane is handed
-    over only while it holds no pair), stepping implicitly."""
+    time ``t``, state ``y``, pattern ``on``, held set ``held``, start loss ``loss0`` and
+    counters; a lane is handed over only while it holds no pair below the first hidden layer),
+    stepping implicitly."""
     m = setup.model
     B, P = theta0.shape[0], setup.pairs
+    # (a resumed held set: projected, with first-layer rows only)
+    slots = setup.slots if resume is not None else 0
     if resume is not None:
         theta0 = resume["y"]
 
-    def one(theta, d, on=None, t0=None):
+    def one(theta, d, on=None, t0=None, held=None):
         net = eqx.combine(m.unravel(theta), m.skeleton)
         if on is None:
             on = jnp.concatenate(net.preactivations(d.X)[:-1], axis=-1).reshape(-1) > 0
-        held = jnp.zeros(P, bool)
-        values = _functions.values(m, d, theta, on, held, 0)
+        if held is None:
+            held = jnp.zeros(P, bool)
+        values = _functions.values(m, d, theta, on, held, slots, deep=False)
         clocked = _step._clock(setup)  # (a resumed lane's first step at its own time)
-        term = diffrax.ODETerm(
-            lambda t, y, a: clocked(t, _sliding.field(m, d, y, on, held, 0)[0]))
+        term = diffrax.ODETerm(lambda t, y, a: clocked(
+            t, _sliding.field(m, d, y, on, held, slots, deep=False)[0]))
         h0, cstate = _control.initial_step(setup, term, theta, d, t0)
         # a start whose loss or gradient is not finite (an overflowing init) is done at once:
         # it would reject every step at t = 0 until the budget ran out, holding the batch up
@@ -187,9 +191,10 @@ def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
     if resume is None:
         on0, E, h0, cstate0, finite0, loss0 = jax.vmap(one)(theta0, data)
         t0 = jnp.zeros((B,), theta0.dtype)
+        held0 = jnp.zeros((B, P), bool)
     else:
-        t0, loss0 = resume["t"], resume["loss0"]
-        on0, E, h0, cstate0, finite0, _ = jax.vmap(one)(theta0, data, resume["on"], t0)
+        t0, loss0, held0 = resume["t"], resume["loss0"], resume["held"]
+        on0, E, h0, cstate0, finite0, _ = jax.vmap(one)(theta0, data, resume["on"], t0, held0)
     E0, Eoff0 = _functions.rebase(E)
     zeros = jnp.zeros((B,), jnp.int32)
     S0 = jnp.sum(setup.ts[None, :] <= t0[:, None], axis=1).astype(jnp.int32)
@@ -200,7 +205,7 @@ def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
         h=h0,
         controller_state=cstate0,
         on=on0,
-        held=jnp.zeros((B, P), bool),
+        held=held0,
         event_values=E0,
         event_offsets=Eoff0,
         jump=jnp.ones((B,), bool),
@@ -389,16 +394,20 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
 
     out = setup.by_projection(sliding, trial)
     if setup.implicit_steps:
-        # lanes that step implicitly (Auto(events=True), stiff between events; they hold no
-        # pair, so no projection): their trial step is Kvaerno5's, on iterations where some
-        # lane needs it
+        # lanes that step implicitly (Auto(events=True), stiff between events; a held set
+        # of first-layer pairs only, projected): their trial step is Kvaerno5's, on iterations
+        # where some lane needs it
         implicit = s.implicit & active
 
         def with_implicit(out):
-            imp = jax.vmap(
-                lambda y, t, h, o, hl, j, f, i, d: _step.attempt_implicit(
-                    setup, d, y, t, h, o, hl, j, f, i)
-            )(s.y, s.t, s.h, s.on, s.held, s.jump, s.first_stage, s.save_index, data)
+            def run(slots):
+                return jax.vmap(
+                    lambda y, t, h, o, hl, j, f, i, d, fr: _step.attempt_implicit(
+                        setup, d, y, t, h, o, hl, j, f, i, slots, fr)
+                )(s.y, s.t, s.h, s.on, s.held, s.jump, s.first_stage, s.save_index, data,
+                  firsts)
+
+            imp = setup.by_projection(jnp.any(s.held & implicit[:, None]), run)
             return select(implicit, imp, out)
 
         out = jax.lax.cond(jnp.any(implicit), with_implicit, lambda o: o, out)
@@ -542,13 +551,15 @@ def _iterate(setup: Setup, state: LoopState) -> LoopState:
                           watch=jnp.where(gone_back[:, None], 0.0, new.watch))
     new = _outcome(setup, new, s, active, ok, err, data)
     if setup.watch:
-        # stiff for `patience` accepted steps, holding no pair: implicit steps from here (the
-        # explicit phase alone hands the run over to the host instead). Not while sliding:
-        # a long implicit step leaves the held kinks by more than the projection back onto
-        # them can take without moving free pairs across theirs (measured: a sliding tail
-        # took 23,418 crossings where explicit steps took 176)
+        # stiff for `patience` accepted steps, holding no pair below the first hidden layer:
+        # implicit steps from here (the explicit phase alone hands the run over to the host
+        # instead). A held set of first-layer pairs keeps the implicit stages on its affine
+        # manifold (attempt_implicit); a deeper pair's kink is curved, and a long implicit
+        # step on the unprojected field left the held kinks by more than the projection back
+        # onto them could take without moving free pairs across theirs (measured: a sliding
+        # tail took 23,418 crossings where explicit steps took 176)
         due = (~new.done & ~new.implicit & (new.watch[:, 0] >= setup.auto.patience)
-               & ~jnp.any(new.held, axis=1)
+               & ~_sliding.deep_held(setup.model, new.held)
                & (steps_to_go(new.t, new.h, setup.t1) > setup.auto.horizon))
         if setup.implicit_steps:
             new = new.replace(implicit=new.implicit | due,
@@ -699,7 +710,7 @@ def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reductio
                           jnp.where(over, setup.wall(jnp.where(over, runs.t, 0.0)), jnp.nan),
                           is_leaf=lambda x: x is None)
         handed = {k: getattr(runs, k) for k in (
-            "t", "y", "on", "loss0", "steps", "accepted", "rejected", "crossings", "slides")}
+            "t", "y", "on", "held", "loss0", "steps", "accepted", "rejected", "crossings", "slides")}
     elif setup.stiff_phase == "implicit":
         out = eqx.tree_at(lambda r: r.t_stiff, out, setup.wall(resume["t"]),
                           is_leaf=lambda x: x is None)

@@ -183,23 +183,32 @@ def attempt(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int,
     return y1, t_next, yerr, err, dense, fsal1, E1, stiff, on_end
 
 
-def attempt_implicit(setup, data, y, t, h, on, held, jump, fsal, save_index):
-    """One trial step of the frozen-pattern flow of a lane that holds no pair by the implicit
-    solver of ``Auto(events=True)`` (Kvaerno5 with Newton iterations on the field's Jacobian,
+def attempt_implicit(setup, data, y, t, h, on, held, jump, fsal, save_index, slots: int = 0,
+                     first=None):
+    """One trial step of the frozen-pattern flow of a lane by the implicit solver of
+    ``Auto(events=True)`` (Kvaerno5 with Newton iterations on the field's Jacobian,
     :meth:`gfsim.stiff.Auto.implicit`), cut as :func:`attempt` cuts; the same
     outputs (never stiff: the watch reads explicit steps). A step whose Newton iterations
-    fail is rejected (an infinite error ratio)."""
+    fail is rejected (an infinite error ratio).
+
+    A lane that slides (``slots``, with its held set's first-layer rows ``first``) holds
+    first-layer pairs only (:func:`gfsim.events._sliding.deep_held`): its field is the gradient
+    projected off those rows by a constant projection P, so every stage stays on the affine
+    manifold {z_K = 0} and the Newton systems ``(I + gamma h P H) dk = r`` are symmetric on its
+    tangent space, where the right-hand sides and the conjugate-gradient iterates lie."""
     model = setup.model
     t_next = _step_end(setup, t, h, save_index)
     clocked = _clock(setup)
-    term = diffrax.ODETerm(
-        lambda t_, y_, a: clocked(t_, _sliding.field(model, data, y_, on, held, 0)[0]))
+    if slots and first is None:
+        first = _sliding.first_rows(model, data, held)
+    term = diffrax.ODETerm(lambda t_, y_, a: clocked(t_, _sliding.field(
+        model, data, y_, on, held, slots, first=first, deep=False)[0]))
     solver = setup.auto.implicit(setup.rtol, setup.atol, setup.controller.norm,
                                  scale=jnp.max(jnp.abs(y)))
     solver = eqx.tree_at(lambda s: s.scan_kind, solver, setup.implicit_scan_kind,
                          is_leaf=lambda x: x is None)
     y1, yerr, dense, fsal1, result = solver.step(term, t, t_next, y, None, fsal, jump)
-    E1 = _functions.values(model, data, y1, on, held, 0)
+    E1 = _functions.values(model, data, y1, on, held, slots, first, deep=False)
     err = error_ratio(y, y1, yerr, setup.rtol, setup.atol)
     err = jnp.where(result == diffrax.RESULTS.successful, err, jnp.inf)
     return y1, t_next, yerr, err, dense, fsal1, E1, jnp.zeros((), bool), on
