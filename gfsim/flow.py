@@ -433,9 +433,9 @@ def simulate(
       steps still to go, switches to an implicit Kvaerno5 with Newton iterations on
       Hessian-vector products and ``Trajectory.t_stiff`` says when, :mod:`gfsim.stiff`; under
       ``"events"`` a run that holds no pair below the first hidden layer steps implicitly on
-      its frozen pattern, projected while it slides, until its next event, outside a trace), ``"tsit5"``, ``"dopri5"``,
-      ``"dopri8"``, ``"kvaerno5"``, ``"bosh3"``, ``"heun"``, a :class:`gfsim.stiff.Auto` or a
-      Diffrax solver instance.
+      its frozen pattern, projected while it slides, until its next event, outside a trace),
+      ``"tsit5"``, ``"dopri5"``, ``"dopri8"``, ``"kvaerno5"``, ``"bosh3"``, ``"heun"``, a
+      :class:`gfsim.stiff.Auto` or a Diffrax solver instance.
     - ``rtol``, ``atol``: PID step-size control tolerances; ``atol`` defaults to ``rtol * 1e-3``.
     - ``stop_loss``: stop a run as soon as its loss falls below this value (per run).
     - ``stop_grad``: stop a run as soon as its gradient norm (under ``"events"``, the norm of

@@ -253,6 +253,41 @@ def test_decide_a_single_unit_at_its_kink_by_hand(target, expect_slide):
 
 # -- the sliding projection ------------------------------------------------------------------------
 
+def test_first_layer_held_sets_project_by_a_constant_symmetric_map():
+    # the implicit sliding steps' premise (gfsim.events._step.attempt_implicit): with first-layer
+    # pairs held only, deep=False gives the full projection's field and event values, and the
+    # field's Jacobian -P H is symmetric on the tangent space (conjugate gradients need it)
+    k1, k2, k3 = jax.random.split(jax.random.key(5), 3)
+    net = gfsim.MLP((3, 4, 3, 2), key=k1)
+    data = gfsim.Dataset(jax.random.normal(k2, (5, 3)), jax.random.normal(k3, (5, 2)))
+    model = FrozenPattern(net, "square", "sum")
+    theta = flatten(net)[0]
+    on = model.zflat(theta, data, jnp.ones((5, model.hsum))) > 0
+    first = jnp.zeros_like(on).at[jnp.array([0, 8, 15])].set(True)  # (point, unit < 4)
+    deep = first.at[5].set(True)  # point 0, unit 5: the second hidden layer
+    assert not bool(_sliding.deep_held(model, first)) and bool(_sliding.deep_held(model, deep))
+    full = _sliding.field(model, data, theta, on, first, 4)
+    lean = _sliding.field(model, data, theta, on, first, 4, deep=False)
+    for a, b in zip(full, lean):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(
+        np.asarray(_functions.values(model, data, theta, on, first, 4, deep=False)),
+        np.asarray(_functions.values(model, data, theta, on, first, 4)))
+
+    def F(th):
+        return _sliding.field(model, data, th, on, first, 4, deep=False)[0]
+
+    # tangent vectors: the field itself at two other points (P is the same everywhere)
+    u = F(theta + 0.1 * jax.random.normal(jax.random.key(6), theta.shape))
+    v = F(theta + 0.1 * jax.random.normal(jax.random.key(7), theta.shape))
+    Ju, Jv = jax.jvp(F, (theta,), (u,))[1], jax.jvp(F, (theta,), (v,))[1]
+    assert abs(float(v @ Ju - u @ Jv)) < 1e-10 * float(jnp.linalg.norm(Ju) * jnp.linalg.norm(v))
+    # and the field stays tangent: the held pre-activations do not move along it
+    D = model.slopes(on, first)
+    dz = jax.jvp(lambda th: model.zflat(th, data, D), (theta,), (Ju,))[1]
+    assert float(jnp.abs(dz[first]).max()) < 1e-12 * float(jnp.linalg.norm(Ju))
+
+
 @pytest.mark.parametrize("widths, bias, held_at", [
     ((3, 4, 2), False, [2, 7, 13]),  # depth 2: first-layer pairs only (the per-unit blocks)
     ((3, 4, 2), True, [1, 5, 9, 17]),  # ... two of unit 1's points held, with biases

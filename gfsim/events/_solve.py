@@ -67,8 +67,9 @@ class Setup:
         self.has_stop_plateau = has_stop_plateau
         # solver="auto" (gfsim.stiff.Auto): its explicit solver steps, watched; under
         # stiff_phase="explicit" a run whose steps are stability-limited (and that holds no
-        # pair below the first hidden layer) ends the loop to be continued by the host with stiff_phase="implicit", where
-        # such runs step implicitly until their next event (see flow._finish_stiff)
+        # pair below the first hidden layer) ends the loop to be continued by the host with
+        # stiff_phase="implicit", where such runs step implicitly until their next event (see
+        # flow._finish_stiff)
         self.auto = method.solver if isinstance(method.solver, Auto) else None
         self.solver = self.auto.explicit if self.auto is not None else method.solver
         self.stiff_phase = stiff_phase if self.auto is not None else "off"
@@ -151,7 +152,7 @@ class _ProgressMeter(diffrax.TqdmProgressMeter):
 
 def start_lanes(setup: Setup, theta0, data, resume=None) -> Lanes:
     """The starting state of a batch of lanes: each pair on the side its pre-activation is on,
-    none held, the event values and the first step size.
+    none held (a resumed lane: its held set), the event values and the first step size.
 
     A pair that starts exactly at its kink (z = 0) starts off. Its crossing function is then
     the slack alone, so if the flow pushes it onto its positive side, the first step finds the
@@ -710,7 +711,8 @@ def solve_events(net, data, t1, ts, rtol, atol, stops, method, *, loss, reductio
                           jnp.where(over, setup.wall(jnp.where(over, runs.t, 0.0)), jnp.nan),
                           is_leaf=lambda x: x is None)
         handed = {k: getattr(runs, k) for k in (
-            "t", "y", "on", "held", "loss0", "steps", "accepted", "rejected", "crossings", "slides")}
+            "t", "y", "on", "held", "loss0", "steps", "accepted", "rejected", "crossings",
+            "slides")}
     elif setup.stiff_phase == "implicit":
         out = eqx.tree_at(lambda r: r.t_stiff, out, setup.wall(resume["t"]),
                           is_leaf=lambda x: x is None)
