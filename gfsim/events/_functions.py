@@ -61,9 +61,9 @@ def values(model: FrozenPattern, data, theta, on, held, slots: int, first=None, 
     (default ``on``: a step that went through crossings measures them from its start's)."""
     D = model.slopes(on, held)
     _, z, scale = model.forward(theta, data.X, D, scales=True)
-    lam = (_sliding.field(model, data, theta, on, held, slots, first=first, deep=deep)[1]
-           if slots
-           else None)
+    lam = None
+    if slots:
+        lam = _sliding.field(model, data, theta, on, held, slots, first=first, deep=deep)[1]
     return assemble(model, z.reshape(-1), scale.reshape(-1), on if side is None else side, held,
                     lam)
 

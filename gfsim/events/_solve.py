@@ -316,8 +316,7 @@ def _refresh(setup: Setup, s: Lanes, data, y_new, on_new, held_new, fresh, still
             # (built afresh only on iterations where some lane's held set changed)
             first = jax.lax.cond(
                 jnp.any(held_new != s.held),
-                lambda: jax.vmap(lambda d, hl: _sliding.first_rows(m, d, hl))(data, held_new),
-                lambda: firsts)
+                lambda: _lanes_first_rows(m, data, held_new), lambda: firsts)
             yp = jnp.where(
                 still[:, None],
                 jax.vmap(lambda y, o, hl, d, f: _sliding.project(m, d, y, o, hl, slots, f))(
@@ -354,15 +353,18 @@ def _refresh(setup: Setup, s: Lanes, data, y_new, on_new, held_new, fresh, still
     return yp, on2, raw + off, off, jnp.sum(past, axis=1).astype(jnp.int32)
 
 
+def _lanes_first_rows(m, data, held):
+    """:func:`gfsim.events._sliding.first_rows` of each lane's held set."""
+    return jax.vmap(lambda d, hl: _sliding.first_rows(m, d, hl))(data, held)
+
+
 def held_rows(setup: Setup, data, held):
     """The lanes' first-layer rows of their held sets (:func:`gfsim.events._sliding.first_rows`:
     a nonzero search, a gather, Gram blocks and their inverses), built on iterations where some
     lane holds pairs (zeros otherwise, unused): the trial step, the kinks it went through and
     the refresh share them, where each built its own (three times per sliding iteration)."""
-    m = setup.model
-
     def build():
-        return jax.vmap(lambda d, hl: _sliding.first_rows(m, d, hl))(data, held)
+        return _lanes_first_rows(setup.model, data, held)
 
     shapes = jax.eval_shape(build)
     return jax.lax.cond(jnp.any(held), build, lambda: jax.tree_util.tree_map(
